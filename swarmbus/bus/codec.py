@@ -1,0 +1,98 @@
+"""The versioned envelope: how a ``Signal`` is laid out as a stream entry.
+
+Version 1 is three fields::
+
+    v  b"1"                 envelope version
+    i  signal id            also read by Lua scripts, which cannot parse JSON
+    d  orjson object        every other field of the signal
+
+Decoding never raises anything but ``DecodeError``: a stream can hold anything that was
+written to it with a plain XADD, and a worker must survive all of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from ..errors import DecodeError, PayloadTooLarge
+from .signal import Signal
+
+__all__ = ["ENVELOPE_VERSION", "decode", "encode", "entry_signal_id"]
+
+ENVELOPE_VERSION = b"1"
+F_VERSION = b"v"
+F_ID = b"i"
+F_DATA = b"d"
+
+
+def encode(signal: Signal, max_bytes: int) -> dict[bytes, bytes]:
+    """Envelope fields for ``signal``; ``PayloadTooLarge`` past ``max_bytes``."""
+    body = signal.model_dump(mode="json", exclude={"id"})
+    try:
+        data = orjson.dumps(body)
+    except TypeError as exc:  # pragma: no cover - model_dump(mode="json") is JSON-safe
+        raise DecodeError(f"signal is not JSON-serialisable: {exc}") from exc
+    size = len(data) + len(signal.id)
+    if size > max_bytes:
+        raise PayloadTooLarge(size, max_bytes)
+    return {F_VERSION: ENVELOPE_VERSION, F_ID: signal.id.encode(), F_DATA: data}
+
+
+def entry_signal_id(fields: Mapping[bytes, bytes]) -> str | None:
+    """The signal id of an entry, or None when the entry has no usable one."""
+    raw = fields.get(F_ID)
+    if not raw or len(raw) > 128:
+        return None
+    try:
+        return raw.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(p) for p in err["loc"]) or "signal"
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def decode(fields: Mapping[bytes, bytes], max_bytes: int) -> Signal:
+    """The signal in a stream entry; ``DecodeError`` says what is wrong with it."""
+    version = fields.get(F_VERSION)
+    if version is None:
+        names = ", ".join(sorted(_text(k) for k in fields)[:8]) or "none"
+        raise DecodeError(f"not a swarmbus envelope: no 'v' field (fields: {names})")
+    if version != ENVELOPE_VERSION:
+        raise DecodeError(
+            f"unsupported envelope version {_text(version)!r} (this swarmbus reads version 1)"
+        )
+    signal_id = entry_signal_id(fields)
+    if signal_id is None:
+        raise DecodeError("envelope has no valid 'i' (signal id) field")
+    data = fields.get(F_DATA)
+    if data is None:
+        raise DecodeError("envelope has no 'd' (data) field")
+    if len(data) > max_bytes:
+        raise DecodeError(f"entry data is {len(data)} bytes, over the limit of {max_bytes}")
+    try:
+        body: Any = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise DecodeError(f"'d' is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise DecodeError(f"'d' is JSON {type(body).__name__}, expected an object")
+    body["id"] = signal_id
+    try:
+        return Signal.model_validate(body)
+    except ValidationError as exc:
+        raise DecodeError(f"invalid signal: {_describe(exc)}") from None
+    except (TypeError, ValueError) as exc:
+        raise DecodeError(f"invalid signal: {exc}") from None
+
+
+def _text(raw: bytes) -> str:
+    return raw[:64].decode("utf-8", "backslashreplace")

@@ -1,0 +1,123 @@
+"""The ``Signal`` model and signal ids."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Annotated, Any, Self
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+__all__ = [
+    "AGENT_NAME",
+    "SIGNAL_ID",
+    "TOPIC_NAME",
+    "Severity",
+    "Signal",
+    "derive_id",
+    "new_id",
+]
+
+#: Topic (signal type) names.
+TOPIC_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
+#: Agent names (also consumer group names).
+AGENT_NAME = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+#: Signal ids: our own are 26-character ULIDs; producers may bring their own.
+SIGNAL_ID = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
+
+TopicName = Annotated[str, StringConstraints(pattern=TOPIC_NAME)]
+AgentName = Annotated[str, StringConstraints(pattern=AGENT_NAME)]
+SignalId = Annotated[str, StringConstraints(pattern=SIGNAL_ID)]
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+DEFAULT_TTL = timedelta(seconds=86_400)
+
+
+def _b32(value: int, length: int) -> str:
+    out = []
+    for _ in range(length):
+        out.append(_CROCKFORD[value & 31])
+        value >>= 5
+    return "".join(reversed(out))
+
+
+def new_id(now: float | None = None) -> str:
+    """A ULID: 48 bits of milliseconds then 80 random bits, so ids sort by creation time."""
+    ms = int((time.time() if now is None else now) * 1000)
+    return _b32(ms, 10) + _b32(int.from_bytes(os.urandom(10), "big"), 16)
+
+
+def derive_id(*parts: str) -> str:
+    """A deterministic id from ``parts`` (same parts, same id), shaped like a ULID.
+
+    Used for effects inside a handler: a re-run after a crash derives the same ids, and
+    the bus's idempotent publish drops the duplicates.
+    """
+    digest = hashlib.blake2b("\x1f".join(parts).encode(), digest_size=17).digest()
+    return "D" + _b32(int.from_bytes(digest, "big"), 25)
+
+
+class Severity(StrEnum):
+    low = "low"
+    medium = "medium"
+    high = "high"
+    critical = "critical"
+
+
+def _utc(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+class Signal(BaseModel):
+    """A typed message from one agent to others. Frozen: build a new one to change it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: SignalId = Field(default_factory=new_id)
+    type: TopicName
+    source: AgentName
+    targets: list[AgentName] = Field(default_factory=list)
+    data: dict[str, Any] = Field(default_factory=dict)
+    severity: Severity = Severity.medium
+    confidence: float | None = Field(default=None, ge=0.0, le=1.0)
+    context: dict[str, Any] = Field(default_factory=dict)
+    recommended_action: str | None = None
+    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    expires_at: datetime | None = None
+    causation_id: str | None = None
+    correlation_id: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _times(self) -> Self:
+        created = _utc(self.created_at)
+        object.__setattr__(self, "created_at", created)
+        if self.expires_at is not None:
+            object.__setattr__(self, "expires_at", _utc(self.expires_at))
+        if len(set(self.targets)) != len(self.targets):
+            object.__setattr__(self, "targets", list(dict.fromkeys(self.targets)))
+        return self
+
+    @property
+    def expires(self) -> datetime:
+        """``expires_at``; a signal not yet published without one gets the 24 h default.
+
+        Publishing fills ``expires_at`` from ``Settings.signal_ttl`` when it is None, so
+        every signal read from a stream carries it.
+        """
+        return self.expires_at or self.created_at + DEFAULT_TTL
+
+    def is_expired(self, now: datetime | None = None) -> bool:
+        return (now or datetime.now(UTC)) >= self.expires
+
+    def with_ttl(self, ttl: float | timedelta) -> Signal:
+        """A copy that expires ``ttl`` after its creation."""
+        seconds = ttl.total_seconds() if isinstance(ttl, timedelta) else ttl
+        return self.model_copy(
+            update={"expires_at": self.created_at + timedelta(seconds=seconds)}
+        )
