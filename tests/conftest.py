@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 import swarmbus
-from tests.redis_process import REDIS_SERVER, RedisProcess
+from swarmbus.testing import REDIS_SERVER, RedisProcess
 
 BACKENDS = ["memory", "redis"]
 

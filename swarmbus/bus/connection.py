@@ -46,6 +46,9 @@ def _memory_client(url: str) -> aioredis.Redis:
 
 
 def _redis_client(settings: Settings) -> aioredis.Redis:
+    tcp: dict[str, Any] = {}
+    if not settings.redis_url.lower().startswith("unix://"):
+        tcp["socket_keepalive"] = True  # unix socket connections refuse the option
     try:
         return aioredis.Redis.from_url(
             settings.redis_url,
@@ -53,8 +56,8 @@ def _redis_client(settings: Settings) -> aioredis.Redis:
             # Longer than any blocking read we issue, short enough to notice a dead peer.
             socket_timeout=max(10.0, settings.block_timeout + 5.0),
             socket_connect_timeout=5.0,
-            socket_keepalive=True,
             health_check_interval=30,
+            **tcp,
             # Stale pooled connections after a server restart fail once: retry twice quickly.
             # Everything we send is safe to repeat (idempotent publish, idempotent acks).
             retry=RedisRetry(ExponentialBackoff(cap=0.5, base=0.05), 2),
@@ -97,7 +100,10 @@ class Bus:
         self.settings = settings
         self.keys = Keys(settings.namespace)
         self.embedded = settings.redis_url.lower().startswith("memory://")
-        self.redis: aioredis.Redis = (
+        # Typed as Any on purpose: redis-py types every reply as a union over
+        # ``decode_responses``; swarmbus always reads bytes and parses replies where it
+        # reads them, so the unions would only add casts.
+        self.redis: Any = (
             _memory_client(settings.redis_url) if self.embedded else _redis_client(settings)
         )
         self._known_topics: set[str] = set()

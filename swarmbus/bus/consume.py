@@ -284,7 +284,7 @@ class Consumer:
         self, streams: dict[str, str], count: int, *, block: int | None
     ) -> list[tuple[str, list[tuple[bytes, dict[bytes, bytes] | None]]]]:
         raw = await self.bus.redis.xreadgroup(
-            self.agent, self.name, streams, count=count, block=block  # type: ignore[arg-type]
+            self.agent, self.name, streams, count=count, block=block
         )
         out = []
         for stream, entries in raw or []:

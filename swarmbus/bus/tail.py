@@ -167,16 +167,15 @@ async def _follow(
             await anyio.sleep(_REFRESH if not bus.embedded else 0.05)
             continue
         streams = {bus.keys.topic(t).stream: c for t, c in cursors.items()}
-        result = await bus.redis.xread(streams, count=_CHUNK, block=block)  # type: ignore[arg-type]
+        result = await bus.redis.xread(streams, count=_CHUNK, block=block)
         got: list[tuple[str, Entry]] = []
         for stream, entries in result or []:
-            topic = bus.keys.topic_of_stream(stream.decode())
-            if topic is None:
+            name = bus.keys.topic_of_stream(stream.decode())
+            if name is None:
                 continue
-            for entry in entries:
-                got.append((topic, entry))
+            got.extend((name, entry) for entry in entries)
             if entries:
-                cursors[topic] = entries[-1][0].decode()
+                cursors[name] = entries[-1][0].decode()
         got.sort(key=lambda te: _order(te[1][0]))
         for item in got:
             yield item

@@ -15,7 +15,7 @@ import pytest
 import swarmbus
 from swarmbus import Signal, StatusState
 from swarmbus.bus.consume import Delivery
-from tests.redis_process import RedisProcess
+from swarmbus.testing import RedisProcess
 from tests.support import eventually, running
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis, pytest.mark.slow]

@@ -408,7 +408,7 @@ async def test_invalid_names_are_refused_with_clear_errors(make_bus) -> None:
         bus.consumer("Risk Manager", {"X": _noop})
     with pytest.raises(swarmbus.ConfigurationError, match="invalid topic"):
         bus.consumer("risk", {"bad topic": _noop})
-    with pytest.raises(swarmbus.InvalidSignal, match="takes a swarmbus.Signal"):
+    with pytest.raises(swarmbus.InvalidSignal, match=r"takes a swarmbus\.Signal"):
         await bus.publish({"type": "X"})  # type: ignore[arg-type]
 
 

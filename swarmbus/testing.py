@@ -1,7 +1,8 @@
-"""A private ``redis-server`` for the tests: free port, temporary directory, kill -9, restart.
+"""Testing helpers: a private ``redis-server`` on a free port, with kill -9 and restart.
 
-Never touches a Redis the user runs: every server here is started by the test session on a
-port nobody else had, and stopped by it.
+For swarmbus's own tests and benchmarks, and for users testing their agents against a
+real Redis. Never touches a Redis somebody already runs: every server here is started on
+a port nobody else had, in a directory of its own, and stopped by whoever started it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import time
 from pathlib import Path
 
 import redis
+
+__all__ = ["REDIS_SERVER", "RedisProcess", "free_port"]
 
 REDIS_SERVER = shutil.which("redis-server")
 
@@ -30,22 +33,31 @@ class RedisProcess:
 
     def __init__(self, directory: Path, *, aof: bool = False, port: int | None = None) -> None:
         if REDIS_SERVER is None:
-            raise RuntimeError("redis-server is not on PATH")
+            raise RuntimeError("redis-server is not on PATH (install Redis >= 7.0)")
+        self.binary: str = REDIS_SERVER
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
         self.aof = aof
         self.port = port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
+    def __repr__(self) -> str:
+        return f"<RedisProcess port={self.port} aof={self.aof} dir={self.dir}>"
+
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @property
+    def unix_url(self) -> str:
+        return f"unix://{self.dir / 'redis.sock'}?db=0"
+
     def start(self, timeout: float = 10.0) -> None:
         args = [
-            REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1",
+            self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
             "--dir", str(self.dir), "--save", "", "--daemonize", "no",
             "--logfile", str(self.dir / "redis.log"),
+            "--unixsocket", str(self.dir / "redis.sock"), "--unixsocketperm", "700",
             "--appendonly", "yes" if self.aof else "no",
             # every write on disk before the reply: a SIGKILL loses nothing acknowledged
             "--appendfsync", "always",
