@@ -20,7 +20,7 @@ from ..settings import Settings, mask_url
 from .keys import Keys
 
 if TYPE_CHECKING:
-    from .consume import Consumer, Handler
+    from .consume import Consumer, Handler, Slots
     from .signal import Signal
     from .status import DeadLetter, GroupInfo, SignalStatus
 
@@ -226,12 +226,14 @@ class Bus:
         *,
         concurrency: int | None = None,
         consumer_name: str | None = None,
+        slots: Slots | None = None,
     ) -> Consumer:
         """A consumer of ``agent``'s group on each topic in ``handlers``."""
         from .consume import Consumer
 
         return Consumer(
-            self, agent, handlers, concurrency=concurrency, consumer_name=consumer_name
+            self, agent, handlers, concurrency=concurrency, consumer_name=consumer_name,
+            slots=slots,
         )
 
 

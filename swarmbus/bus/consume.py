@@ -38,7 +38,7 @@ from .signal import Signal
 if TYPE_CHECKING:
     from .connection import Bus
 
-__all__ = ["Consumer", "Delivery", "Handler", "Stats", "new_consumer_name"]
+__all__ = ["Consumer", "Delivery", "Handler", "Slots", "Stats", "new_consumer_name"]
 
 log = structlog.get_logger(__name__)
 
@@ -92,6 +92,40 @@ class _Op:
     error: str = ""
 
 
+class Slots:
+    """Handler slots shared by every consumer of one worker process.
+
+    ``Settings.concurrency`` bounds in-flight handlers per process, whatever the number of
+    agents in it: each agent's consumer takes slots from the same pool.
+    """
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("concurrency must be at least 1")
+        self.limit = limit
+        self.used = 0
+        self._freed = anyio.Event()
+
+    @property
+    def free(self) -> int:
+        return self.limit - self.used
+
+    def take(self) -> None:
+        self.used += 1
+
+    def give(self) -> None:
+        self.used -= 1
+        self.wake()
+
+    def wake(self) -> None:
+        """Wake every task waiting for a slot."""
+        self._freed.set()
+        self._freed = anyio.Event()
+
+    async def wait(self) -> None:
+        await self._freed.wait()
+
+
 @dataclass(slots=True)
 class Stats:
     """Counters of one consumer since it started."""
@@ -118,6 +152,7 @@ class Consumer:
         *,
         concurrency: int | None = None,
         consumer_name: str | None = None,
+        slots: Slots | None = None,
     ) -> None:
         check_agent(agent)
         if not handlers:
@@ -128,17 +163,16 @@ class Consumer:
         self.topics: list[TopicKeys] = [bus.keys.topic(t) for t in sorted(handlers)]
         self._by_stream = {tk.stream: tk for tk in self.topics}
         self.name = consumer_name or new_consumer_name()
-        self.concurrency = concurrency or bus.settings.concurrency
+        self.slots = slots or Slots(concurrency or bus.settings.concurrency)
         self.stats = Stats()
 
         self._held: dict[str, _Held] = {}  # entry id -> entry, until its ack is flushed
         self._ready: deque[_Held] = deque()
-        self._running = 0
+        self._running = 0  # this consumer's handlers; the slots count every consumer's
         self._retries: list[tuple[float, int, _Held]] = []
         self._seq = itertools.count()
         self._ops: dict[str, list[_Op]] = {}
         self._flush_wanted = anyio.Event()
-        self._slot_freed = anyio.Event()
         self._retry_added = anyio.Event()
         self._htg: TaskGroup | None = None
         self._read_scope: anyio.CancelScope | None = None
@@ -162,7 +196,7 @@ class Consumer:
         self._stopping = True
         if self._read_scope is not None:
             self._read_scope.cancel()
-        self._slot_freed.set()
+        self.slots.wake()
         self._retry_added.set()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -170,7 +204,7 @@ class Consumer:
         await self._setup()
         task_status.started()
         log.info("consumer_started", agent=self.agent, consumer=self.name,
-                 topics=[tk.topic for tk in self.topics], concurrency=self.concurrency)
+                 topics=[tk.topic for tk in self.topics], concurrency=self.slots.limit)
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._flusher)
@@ -297,11 +331,10 @@ class Consumer:
         """Start what is ready, then wait until a handler slot is free; returns free slots."""
         while True:
             self._start_ready()
-            free = self.concurrency - self._running
+            free = self.slots.free
             if (free > 0 and not self._ready) or self._stopping:
                 return free
-            self._slot_freed = anyio.Event()
-            await self._slot_freed.wait()
+            await self.slots.wait()
 
     # -- dispatch -------------------------------------------------------------------------
 
@@ -396,13 +429,14 @@ class Consumer:
 
     def _start_ready(self) -> None:
         htg = self._htg
-        while htg is not None and self._ready and self._running < self.concurrency:
+        while htg is not None and self._ready and self.slots.free > 0:
             if self._stopping:
                 # Not started: leave them pending for another consumer.
                 self._ready.clear()
                 return
             h = self._ready.popleft()
             self._running += 1
+            self.slots.take()
             htg.start_soon(self._handle, h)
 
     async def _handle(self, h: _Held) -> None:
@@ -412,7 +446,7 @@ class Consumer:
         try:
             decision_id = await handler(h.signal, delivery)
         except Reject as exc:
-            self._fail(h, "Reject", exc.reason)
+            self._fail(h, type(exc).__name__, exc.reason)
         except Retry as exc:
             self._retry(h, exc, exc.delay)
         except Exception as exc:
@@ -427,7 +461,7 @@ class Consumer:
             if len(self.stats.handler_seconds) < 10_000:
                 self.stats.handler_seconds.append(elapsed)
             self._running -= 1
-            self._slot_freed.set()
+            self.slots.give()
             self._start_ready()
 
     def _retry(self, h: _Held, exc: Exception, delay: float | None) -> None:
@@ -604,7 +638,7 @@ class Consumer:
                             entries=[r.decode() for r in result][:20])
 
     async def _reclaim(self) -> None:
-        free = self.concurrency - self._running - len(self._ready)
+        free = self.slots.free - len(self._ready)
         if free <= 0:
             return
         budget = min(free, self.bus.settings.reclaim_budget)
@@ -640,8 +674,7 @@ class Consumer:
         grace = self.bus.settings.shutdown_grace
         with anyio.move_on_after(grace):
             while self._running:
-                self._slot_freed = anyio.Event()
-                await self._slot_freed.wait()
+                await self.slots.wait()
         if self._running:
             log.warning("handlers_cancelled", consumer=self.name, running=self._running,
                         grace=grace)
