@@ -8,7 +8,6 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -18,19 +17,18 @@ __all__ = ["Settings", "mask_url"]
 _NAMESPACE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
+_USERINFO = re.compile(r"(?P<head>//[^/@?#]*?:)[^/@?#]*@")
+_QUERY_PASSWORD = re.compile(r"(?i)(?P<head>[?&]password=)[^&#]*")
+
+
 def mask_url(url: str) -> str:
-    """Return ``url`` with any password replaced by ``***`` (safe for logs and errors)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable url>"
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, ""))
+    """Return ``url`` with any password replaced by ``***`` (safe for logs and errors).
+
+    Textual on purpose: it must work on URLs too broken to parse (bad port, odd scheme),
+    which are exactly the ones that end up in error messages.
+    """
+    masked = _USERINFO.sub(lambda m: m["head"] + "***@", url, count=1)
+    return _QUERY_PASSWORD.sub(lambda m: m["head"] + "***", masked)
 
 
 def _seconds(value: Any) -> Any:
@@ -46,7 +44,11 @@ class Settings(BaseSettings):
     """
 
     model_config = SettingsConfigDict(
-        env_prefix="SWARMBUS_", frozen=True, extra="forbid", validate_default=True
+        env_prefix="SWARMBUS_",
+        frozen=True,
+        extra="forbid",
+        validate_default=True,
+        hide_input_in_errors=True,  # the input may be a URL with a password in it
     )
 
     redis_url: str = Field(default="redis://localhost:6379/0", repr=False)
@@ -85,7 +87,7 @@ class Settings(BaseSettings):
     @field_validator("namespace")
     @classmethod
     def _namespace(cls, value: str) -> str:
-        if not _NAMESPACE.match(value):
+        if not _NAMESPACE.fullmatch(value):
             raise ValueError(
                 f"invalid namespace {value!r}: use 1-64 letters, digits, '_', '.' or '-'"
             )

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from ..errors import DecodeError, PayloadTooLarge
+from ..errors import DecodeError, InvalidSignal, PayloadTooLarge
 from .signal import Signal
 
 __all__ = ["ENVELOPE_VERSION", "decode", "encode", "entry_signal_id"]
@@ -31,15 +31,30 @@ F_DATA = b"d"
 
 def encode(signal: Signal, max_bytes: int) -> dict[bytes, bytes]:
     """Envelope fields for ``signal``; ``PayloadTooLarge`` past ``max_bytes``."""
+    _check_json(signal.data, "data")
+    _check_json(signal.context, "context")
     body = signal.model_dump(mode="json", exclude={"id"})
     try:
         data = orjson.dumps(body)
-    except TypeError as exc:  # pragma: no cover - model_dump(mode="json") is JSON-safe
-        raise DecodeError(f"signal is not JSON-serialisable: {exc}") from exc
+    except TypeError as exc:  # integers past 64 bits
+        raise InvalidSignal(f"signal is not JSON-serialisable: {exc}") from None
     size = len(data) + len(signal.id)
     if size > max_bytes:
         raise PayloadTooLarge(size, max_bytes)
     return {F_VERSION: ENVELOPE_VERSION, F_ID: signal.id.encode(), F_DATA: data}
+
+
+def _check_json(value: Any, path: str) -> None:
+    """Refuse NaN and infinities: JSON has no such numbers and orjson would write null."""
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise InvalidSignal(f"{path} is {value}: JSON has no NaN or infinity")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_json(item, f"{path}.{key}")
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            _check_json(item, f"{path}[{i}]")
 
 
 def entry_signal_id(fields: Mapping[bytes, bytes]) -> str | None:
@@ -90,7 +105,7 @@ def decode(fields: Mapping[bytes, bytes], max_bytes: int) -> Signal:
         return Signal.model_validate(body)
     except ValidationError as exc:
         raise DecodeError(f"invalid signal: {_describe(exc)}") from None
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise DecodeError(f"invalid signal: {exc}") from None
 
 

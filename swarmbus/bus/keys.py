@@ -7,8 +7,8 @@ Layout (``ns`` is ``Settings.namespace``)::
     ns:{t:TOPIC}:dlq               STREAM  dead letters of the topic
     ns:{t:TOPIC}:subs              SET     agents subscribed to TOPIC (broadcast targets)
     ns:{t:TOPIC}:st:SIGNAL_ID      HASH    per-target status of one signal
-    ns:consumers                   ZSET    consumer name -> last heartbeat (ms)
-    ns:consumer:NAME               STRING  heartbeat record (JSON), expiring
+    ns:heartbeats                  ZSET    "AGENT/CONSUMER" -> last heartbeat (ms)
+    ns:heartbeat-records           HASH    "AGENT/CONSUMER" -> last heartbeat record (JSON)
     ns:{a:AGENT}:...               agent memory (decisions, state, patterns)
 
 All keys of one topic share the hash tag ``{t:TOPIC}`` and all keys of one agent's
@@ -32,7 +32,7 @@ _SIGNAL = re.compile(SIGNAL_ID)
 
 
 def check_topic(topic: str) -> str:
-    if not isinstance(topic, str) or not _TOPIC.match(topic):
+    if not isinstance(topic, str) or not _TOPIC.fullmatch(topic):
         raise ConfigurationError(
             f"invalid topic {topic!r}: start with a letter or digit, then up to 127 of "
             "letters, digits, '_', '.', ':' or '-'"
@@ -41,7 +41,7 @@ def check_topic(topic: str) -> str:
 
 
 def check_agent(agent: str) -> str:
-    if not isinstance(agent, str) or not _AGENT.match(agent):
+    if not isinstance(agent, str) or not _AGENT.fullmatch(agent):
         raise ConfigurationError(
             f"invalid agent name {agent!r}: start with a lowercase letter or digit, then up "
             "to 63 of lowercase letters, digits, '.', '_' or '-'"
@@ -50,7 +50,7 @@ def check_agent(agent: str) -> str:
 
 
 def check_signal_id(signal_id: str) -> str:
-    if not isinstance(signal_id, str) or not _SIGNAL.match(signal_id):
+    if not isinstance(signal_id, str) or not _SIGNAL.fullmatch(signal_id):
         raise ConfigurationError(f"invalid signal id {signal_id!r}")
     return signal_id
 
@@ -98,15 +98,18 @@ class Keys:
     def topic_of_stream(self, key: str) -> str | None:
         prefix = f"{self.namespace}:{{t:"
         if key.startswith(prefix) and key.endswith("}:stream"):
-            return key[len(prefix) : -len("}:stream")]
+            topic = key[len(prefix) : -len("}:stream")]
+            if _TOPIC.fullmatch(topic):
+                return topic
         return None
 
     @property
-    def consumers(self) -> str:
-        return f"{self.namespace}:consumers"
+    def heartbeats(self) -> str:
+        return f"{self.namespace}:heartbeats"
 
-    def consumer(self, name: str) -> str:
-        return f"{self.namespace}:consumer:{name}"
+    @property
+    def heartbeat_records(self) -> str:
+        return f"{self.namespace}:heartbeat-records"
 
     def agent(self, agent: str) -> str:
         """Prefix of every key of one agent's memory (hash tag ``{a:AGENT}``)."""

@@ -9,7 +9,14 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 __all__ = [
     "AGENT_NAME",
@@ -70,7 +77,10 @@ class Severity(StrEnum):
 def _utc(value: datetime) -> datetime:
     if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"{value.isoformat()} is out of range once converted to UTC") from None
 
 
 class Signal(BaseModel):
@@ -93,12 +103,13 @@ class Signal(BaseModel):
     correlation_id: str | None = None
     headers: dict[str, str] = Field(default_factory=dict)
 
+    @field_validator("created_at", "expires_at")
+    @classmethod
+    def _in_utc(cls, value: datetime | None) -> datetime | None:
+        return None if value is None else _utc(value)
+
     @model_validator(mode="after")
-    def _times(self) -> Self:
-        created = _utc(self.created_at)
-        object.__setattr__(self, "created_at", created)
-        if self.expires_at is not None:
-            object.__setattr__(self, "expires_at", _utc(self.expires_at))
+    def _unique_targets(self) -> Self:
         if len(set(self.targets)) != len(self.targets):
             object.__setattr__(self, "targets", list(dict.fromkeys(self.targets)))
         return self
@@ -110,7 +121,12 @@ class Signal(BaseModel):
         Publishing fills ``expires_at`` from ``Settings.signal_ttl`` when it is None, so
         every signal read from a stream carries it.
         """
-        return self.expires_at or self.created_at + DEFAULT_TTL
+        if self.expires_at is not None:
+            return self.expires_at
+        try:
+            return self.created_at + DEFAULT_TTL
+        except OverflowError:
+            return datetime.max.replace(tzinfo=UTC)
 
     def is_expired(self, now: datetime | None = None) -> bool:
         return (now or datetime.now(UTC)) >= self.expires
@@ -118,6 +134,8 @@ class Signal(BaseModel):
     def with_ttl(self, ttl: float | timedelta) -> Signal:
         """A copy that expires ``ttl`` after its creation."""
         seconds = ttl.total_seconds() if isinstance(ttl, timedelta) else ttl
-        return self.model_copy(
-            update={"expires_at": self.created_at + timedelta(seconds=seconds)}
-        )
+        try:
+            expires = self.created_at + timedelta(seconds=seconds)
+        except OverflowError:
+            expires = datetime.max.replace(tzinfo=UTC)
+        return self.model_copy(update={"expires_at": expires})
