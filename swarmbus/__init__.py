@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from .agents import Agent as Agent
+from .agents import Context as Context
+from .agents import Worker as Worker
 from .bus import Bus as Bus
 from .bus import Consumer as Consumer
 from .bus import DeadLetter as DeadLetter
@@ -19,6 +22,7 @@ from .errors import ConfigurationError as ConfigurationError
 from .errors import Conflict as Conflict
 from .errors import DecodeError as DecodeError
 from .errors import HandlerControl as HandlerControl
+from .errors import InvalidData as InvalidData
 from .errors import InvalidSignal as InvalidSignal
 from .errors import NotFound as NotFound
 from .errors import PayloadTooLarge as PayloadTooLarge
@@ -33,17 +37,20 @@ from .settings import Settings as Settings
 __version__ = "0.1.0"
 
 __all__ = [
+    "Agent",
     "Bus",
     "BusConnectionError",
     "BusResponseError",
     "ConfigurationError",
     "Conflict",
     "Consumer",
+    "Context",
     "DeadLetter",
     "DecodeError",
     "Delivery",
     "GroupInfo",
     "HandlerControl",
+    "InvalidData",
     "InvalidSignal",
     "NotFound",
     "PayloadTooLarge",
@@ -59,6 +66,7 @@ __all__ = [
     "SwarmbusError",
     "TargetStatus",
     "WaitTimeout",
+    "Worker",
     "__version__",
     "connect",
 ]

@@ -17,6 +17,7 @@ The tree::
     └── HandlerControl            raised *by handlers* to steer delivery
         ├── Retry                 retry after ``delay`` seconds
         └── Reject                dead-letter at once with ``reason``
+            └── InvalidData       ``signal.data`` does not fit the handler's model
 
 ``ValidationError`` from pydantic is left as it is when a ``Signal`` is built with
 an invalid field: it names the field, which is what a caller needs.
@@ -33,6 +34,7 @@ __all__ = [
     "Conflict",
     "DecodeError",
     "HandlerControl",
+    "InvalidData",
     "InvalidSignal",
     "NotFound",
     "PayloadTooLarge",
@@ -136,3 +138,7 @@ class Reject(HandlerControl):
     def __init__(self, reason: str = "rejected by handler") -> None:
         self.reason = reason
         super().__init__(reason)
+
+
+class InvalidData(Reject):
+    """The signal's ``data`` does not validate against the model its handler declared."""

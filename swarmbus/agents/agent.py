@@ -1,0 +1,93 @@
+"""``Agent``: a named set of signal handlers, the unit a worker runs."""
+
+from __future__ import annotations
+
+import builtins
+import inspect
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from pydantic import BaseModel
+
+from ..bus.keys import check_agent, check_topic
+from ..errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from ..bus.signal import Signal
+    from .context import Context
+
+__all__ = ["Agent", "HandlerFunc", "Route"]
+
+#: ``async def handler(signal: Signal, ctx: Context) -> None``
+HandlerFunc = Callable[["Signal", "Context"], Awaitable[Any]]
+F = TypeVar("F", bound=HandlerFunc)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    topic: str
+    func: HandlerFunc
+    data: type[BaseModel] | None
+
+
+class Agent:
+    """A named agent: its handlers per signal type, its version and its memory options.
+
+    :param name: lowercase agent name; also its consumer group on every topic it handles.
+    :param version: recorded in heartbeats and decisions.
+    :param pattern_features: context paths (``market.trend``) patterns are learned over.
+    :param memory: False turns memory calls into no-ops (for A/B comparisons).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        version: str = "0.0.0",
+        pattern_features: Sequence[str] = (),
+        memory: bool = True,
+        description: str = "",
+    ) -> None:
+        self.name = check_agent(name)
+        self.version = version
+        self.pattern_features = list(pattern_features)
+        self.memory_enabled = memory
+        self.description = description
+        self.routes: dict[str, Route] = {}
+
+    def __repr__(self) -> str:
+        return f"<Agent {self.name} v{self.version} topics={sorted(self.routes)}>"
+
+    @property
+    def topics(self) -> list[str]:
+        return sorted(self.routes)
+
+    def on(self, type: str, *, data: type[BaseModel] | None = None) -> Callable[[F], F]:
+        """Register the decorated coroutine as this agent's handler for signals of ``type``.
+
+        :param data: a pydantic model ``signal.data`` must validate into; the instance is
+            ``ctx.data``. Data that does not validate is dead-lettered at once.
+        """
+        check_topic(type)
+        is_model = isinstance(data, builtins.type) and issubclass(data, BaseModel)
+        if data is not None and not is_model:
+            raise ConfigurationError(f"data= must be a pydantic model class, got {data!r}")
+
+        def register(func: F) -> F:
+            registered: F = func  # the check below narrows ``func``; return it as given
+            if not inspect.iscoroutinefunction(func):
+                raise ConfigurationError(
+                    f"handler {getattr(func, '__name__', func)!r} for {type!r} must be an "
+                    "async function: async def handler(signal, ctx)"
+                )
+            if type in self.routes:
+                raise ConfigurationError(
+                    f"agent {self.name!r} already handles {type!r} "
+                    f"with {getattr(self.routes[type].func, '__name__', '?')!r}"
+                )
+            self.routes[type] = Route(type, func, data)
+            return registered
+
+        return register
+

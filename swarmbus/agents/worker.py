@@ -1,0 +1,184 @@
+"""``Worker``: runs one or more agents in one process, with heartbeats and graceful stop."""
+
+from __future__ import annotations
+
+import os
+import signal as signals
+import socket
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import structlog
+from anyio.abc import TaskStatus
+from pydantic import ValidationError
+
+from ..bus.consume import Consumer, Delivery, Handler, Slots, new_consumer_name
+from ..errors import ConfigurationError, InvalidData
+from .agent import Agent, Route
+from .context import Context
+from .registry import Heartbeat, beat, forget
+
+if TYPE_CHECKING:
+    from ..bus.connection import Bus
+    from ..bus.signal import Signal
+
+__all__ = ["Worker"]
+
+log = structlog.get_logger(__name__)
+
+_CONNECTION_ERRORS = (ConnectionError, TimeoutError, OSError)
+
+
+def _describe(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'data'}: {e['msg']}" for e in exc.errors()[:5]
+    )
+
+
+class Worker:
+    """Run ``agents`` against ``bus`` until ``stop()``, cancellation or SIGINT/SIGTERM.
+
+    All agents of one worker share ``concurrency`` handler slots. On stop the worker stops
+    reading, lets in-flight handlers finish within ``Settings.shutdown_grace``, flushes
+    their acks, deregisters its heartbeats and leaves everything else pending for others.
+
+    :param agents: an ``Agent`` or a list of them (names must differ).
+    :param concurrency: in-flight handlers for the whole process (default from settings).
+    :param heartbeat_interval: seconds between heartbeats; a consumer silent for three
+        intervals is shown as dead.
+    """
+
+    def __init__(
+        self,
+        bus: Bus,
+        agents: Agent | Sequence[Agent],
+        *,
+        concurrency: int | None = None,
+        consumer_name: str | None = None,
+        heartbeat_interval: float = 5.0,
+    ) -> None:
+        self.bus = bus
+        self.agents = [agents] if isinstance(agents, Agent) else list(agents)
+        if not self.agents:
+            raise ConfigurationError("a worker needs at least one agent")
+        names = [a.name for a in self.agents]
+        if len(set(names)) != len(names):
+            raise ConfigurationError(f"agent names must be unique in one worker: {names}")
+        for agent in self.agents:
+            if not agent.routes:
+                raise ConfigurationError(
+                    f"agent {agent.name!r} has no handlers: decorate one with @agent.on(TYPE)"
+                )
+        self.name = consumer_name or new_consumer_name()
+        self.slots = Slots(concurrency or bus.settings.concurrency)
+        self.heartbeat_interval = heartbeat_interval
+        self.consumers: list[Consumer] = [
+            bus.consumer(
+                agent.name,
+                {topic: self._handler(agent, route) for topic, route in agent.routes.items()},
+                consumer_name=self.name,
+                slots=self.slots,
+            )
+            for agent in self.agents
+        ]
+        self.started_at = datetime.now(UTC)
+        self._stop_requested = False
+
+    def __repr__(self) -> str:
+        return f"<Worker {self.name} agents={[a.name for a in self.agents]}>"
+
+    @property
+    def processed(self) -> int:
+        return sum(c.stats.processed for c in self.consumers)
+
+    @property
+    def failed(self) -> int:
+        return sum(c.stats.failed for c in self.consumers)
+
+    def stop(self) -> None:
+        """Begin a graceful stop (safe to call more than once, and from signal handlers)."""
+        self._stop_requested = True
+        for consumer in self.consumers:
+            consumer.stop()
+
+    async def run(
+        self,
+        *,
+        handle_signals: bool = False,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve until stopped. ``handle_signals``: first SIGINT/SIGTERM stops gracefully,
+        a second one cancels at once."""
+        async with anyio.create_task_group() as tg:
+            if handle_signals:
+                tg.start_soon(self._watch_signals, tg.cancel_scope)
+            async with anyio.create_task_group() as consumers:
+                for consumer in self.consumers:
+                    await consumers.start(consumer.run)
+                tg.start_soon(self._heartbeats)
+                log.info("worker_started", worker=self.name,
+                         agents=[a.name for a in self.agents], concurrency=self.slots.limit)
+                task_status.started()
+            tg.cancel_scope.cancel()
+        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+            try:
+                await forget(self.bus, [self._heartbeat(c).member for c in self.consumers])
+            except _CONNECTION_ERRORS:
+                pass
+        log.info("worker_stopped", worker=self.name, processed=self.processed, failed=self.failed)
+
+    async def _watch_signals(self, scope: anyio.CancelScope) -> None:
+        with anyio.open_signal_receiver(signals.SIGINT, signals.SIGTERM) as received:
+            async for signum in received:
+                if self._stop_requested:
+                    log.warning("worker_killed", worker=self.name, signal=signum)
+                    scope.cancel()
+                    return
+                log.info("worker_stopping", worker=self.name, signal=signum,
+                         grace=self.bus.settings.shutdown_grace)
+                self.stop()
+
+    def _heartbeat(self, consumer: Consumer) -> Heartbeat:
+        agent = next(a for a in self.agents if a.name == consumer.agent)
+        return Heartbeat(
+            agent=agent.name,
+            consumer=self.name,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            version=agent.version,
+            topics=agent.topics,
+            in_flight=consumer.in_flight,
+            processed=consumer.stats.processed,
+            failed=consumer.stats.failed,
+            started_at=self.started_at,
+            last_beat=datetime.now(UTC),
+            ttl=self.heartbeat_interval * 3,
+        )
+
+    async def _heartbeats(self) -> None:
+        while True:
+            try:
+                await beat(self.bus, [self._heartbeat(c) for c in self.consumers])
+            except _CONNECTION_ERRORS as exc:
+                log.debug("heartbeat_skipped", worker=self.name, error=str(exc))
+            await anyio.sleep(self.heartbeat_interval)
+
+    def _handler(self, agent: Agent, route: Route) -> Handler:
+        bus = self.bus
+
+        async def handle(signal: Signal, delivery: Delivery) -> str | None:
+            data: Any = signal.data
+            if route.data is not None:
+                try:
+                    data = route.data.model_validate(signal.data)
+                except ValidationError as exc:
+                    raise InvalidData(
+                        f"data does not match {route.data.__name__}: {_describe(exc)}"
+                    ) from None
+            ctx = Context(bus, agent, signal, delivery, data)
+            await route.func(signal, ctx)
+            return ctx.decision_id
+
+        return handle
