@@ -472,10 +472,11 @@ class Consumer:
         if delay is None:
             delay = min(settings.retry_backoff * 2 ** (h.attempt - 1), settings.retry_backoff_max)
         self.stats.retried += 1
-        log.warning("handler_failed", agent=self.agent, topic=h.topic, signal_id=h.signal.id,
-                    attempt=h.attempt, max_attempts=settings.max_attempts,
-                    error_type=type(exc).__name__, error=str(exc)[:500],
-                    retry_in=round(delay, 3))
+        event, level = ("retry_requested", log.info) if isinstance(exc, Retry) else (
+            "handler_failed", log.warning)
+        level(event, agent=self.agent, topic=h.topic, signal_id=h.signal.id,
+              attempt=h.attempt, max_attempts=settings.max_attempts,
+              error_type=type(exc).__name__, error=str(exc)[:500], retry_in=round(delay, 3))
         heapq.heappush(self._retries, (time.monotonic() + delay, next(self._seq), h))
         self._retry_added.set()
 
