@@ -134,23 +134,17 @@ async def run_demo(bus: Bus, seconds: float, console: Console) -> _View:
     worker = Worker(bus, trading.fleet, heartbeat_interval=1.0)
     view = _View(worker, seconds)
     async with anyio.create_task_group() as tg:
-        await tg.start(worker.run)
         tg.start_soon(_watch, bus, view)
-        async with anyio.create_task_group() as feeding:
-            feeding.start_soon(trading.feed, bus)
-            with anyio.move_on_after(seconds):
-                await _show(view, console)
-            feeding.cancel_scope.cancel()
-        worker.stop()
-        await _wait_stopped(worker)
+        async with anyio.create_task_group() as running:
+            await running.start(worker.run)
+            async with anyio.create_task_group() as feeding:
+                feeding.start_soon(trading.feed, bus)
+                with anyio.move_on_after(seconds):
+                    await _show(view, console)
+                feeding.cancel_scope.cancel()
+            worker.stop()  # graceful: in-flight handlers finish, worker.run returns
         tg.cancel_scope.cancel()
     return view
-
-
-async def _wait_stopped(worker: Worker) -> None:
-    with anyio.move_on_after(worker.bus.settings.shutdown_grace + 1):
-        while any(c.in_flight for c in worker.consumers):
-            await anyio.sleep(0.02)
 
 
 async def _show(view: _View, console: Console) -> None:
