@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import builtins
 import inspect
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -37,6 +37,8 @@ class Agent:
     :param name: lowercase agent name; also its consumer group on every topic it handles.
     :param version: recorded in heartbeats and decisions.
     :param pattern_features: context paths (``market.trend``) patterns are learned over.
+    :param pattern_bins: bin edges for numeric features (``{"risk.score": [0.3, 0.7]}``);
+        numbers without declared bins fall into decades (see ``agents.patterns``).
     :param memory: False turns memory calls into no-ops (for A/B comparisons).
     """
 
@@ -46,12 +48,14 @@ class Agent:
         *,
         version: str = "0.0.0",
         pattern_features: Sequence[str] = (),
+        pattern_bins: Mapping[str, Sequence[float]] | None = None,
         memory: bool = True,
         description: str = "",
     ) -> None:
         self.name = check_agent(name)
         self.version = version
         self.pattern_features = list(pattern_features)
+        self.pattern_bins = {k: sorted(v) for k, v in (pattern_bins or {}).items()}
         self.memory_enabled = memory
         self.description = description
         self.routes: dict[str, Route] = {}

@@ -15,6 +15,9 @@ if TYPE_CHECKING:
     from ..bus.connection import Bus
     from ..bus.consume import Delivery
     from .agent import Agent
+    from .decisions import Reasoning
+    from .memory import DecisionHandle, Memory
+    from .state import StateStore
 
 __all__ = ["Context"]
 
@@ -28,7 +31,13 @@ class Context:
     """
 
     def __init__(
-        self, bus: Bus, agent: Agent, signal: Signal, delivery: Delivery, data: Any
+        self,
+        bus: Bus,
+        agent: Agent,
+        signal: Signal,
+        delivery: Delivery,
+        data: Any,
+        memory: Memory | None = None,
     ) -> None:
         self.bus = bus
         self.agent = agent
@@ -40,8 +49,42 @@ class Context:
             agent=agent.name, signal_id=signal.id, topic=signal.type, attempt=delivery.attempt
         )
         self._published = 0
-        #: Set by the memory layer when the handler makes a decision (shown in status).
+        self._decided = 0
+        #: Ids of the signals this handler published (an outcome's default signals_generated).
+        self.published: list[str] = []
+        #: The last decision this handler made (shown in the signal's status).
         self.decision_id: str | None = None
+        self.memory: Memory = memory if memory is not None else bus.memory(agent)
+
+    @property
+    def state(self) -> StateStore:
+        """This agent's state store (``ctx.memory.state``)."""
+        return self.memory.state
+
+    async def decide(
+        self,
+        decision_type: str,
+        *,
+        context: Mapping[str, Any] | None = None,
+        reasoning: Reasoning | Mapping[str, Any] | None = None,
+        parent_decision_id: str | None = None,
+    ) -> DecisionHandle:
+        """Record a decision made while handling this signal.
+
+        Its id derives from (signal id, agent, sequence): a re-run after a crash finds the
+        decision already recorded instead of making a second one.
+        """
+        self._decided += 1
+        suffix = derive_id(self.signal.id, self.agent.name, "decision", str(self._decided))
+        handle = await self.memory.decide(
+            decision_type,
+            context=context if context is not None else self.signal.context,
+            reasoning=reasoning, parent_decision_id=parent_decision_id,
+            signal_id=self.signal.id, decision_id=self.memory.log.new_id(suffix),
+            _signals=self.published,
+        )
+        self.decision_id = handle.id
+        return handle
 
     @property
     def attempt(self) -> int:
@@ -89,7 +132,9 @@ class Context:
             )
         if ttl is not None:
             signal = signal.with_ttl(ttl)
-        return await self.bus.publish(signal)
+        signal_id = await self.bus.publish(signal)
+        self.published.append(signal_id)
+        return signal_id
 
     def _lineage(self) -> dict[str, Any]:
         return {

@@ -18,6 +18,7 @@ from ..bus.consume import Consumer, Delivery, Handler, Slots, new_consumer_name
 from ..errors import ConfigurationError, InvalidData
 from .agent import Agent, Route
 from .context import Context
+from .memory import memory_for
 from .registry import Heartbeat, beat, forget
 
 if TYPE_CHECKING:
@@ -74,6 +75,7 @@ class Worker:
         self.name = consumer_name or new_consumer_name()
         self.slots = Slots(concurrency or bus.settings.concurrency)
         self.heartbeat_interval = heartbeat_interval
+        self.memories = {a.name: memory_for(bus, a) for a in self.agents}
         self.consumers: list[Consumer] = [
             bus.consumer(
                 agent.name,
@@ -114,6 +116,8 @@ class Worker:
         async with anyio.create_task_group() as tg:
             if handle_signals:
                 tg.start_soon(self._watch_signals, tg.cancel_scope)
+            for memory in self.memories.values():
+                await memory.register_profile()
             async with anyio.create_task_group() as consumers:
                 for consumer in self.consumers:
                     await consumers.start(consumer.run)
@@ -167,6 +171,7 @@ class Worker:
 
     def _handler(self, agent: Agent, route: Route) -> Handler:
         bus = self.bus
+        memory = self.memories[agent.name]
 
         async def handle(signal: Signal, delivery: Delivery) -> str | None:
             data: Any = signal.data
@@ -177,7 +182,7 @@ class Worker:
                     raise InvalidData(
                         f"data does not match {route.data.__name__}: {_describe(exc)}"
                     ) from None
-            ctx = Context(bus, agent, signal, delivery, data)
+            ctx = Context(bus, agent, signal, delivery, data, memory)
             await route.func(signal, ctx)
             return ctx.decision_id
 

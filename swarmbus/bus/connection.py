@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from types import TracebackType
@@ -24,11 +24,19 @@ if TYPE_CHECKING:
     from .signal import Signal
     from .status import DeadLetter, GroupInfo, SignalStatus
 
-__all__ = ["Bus", "connect", "translate_errors"]
+__all__ = ["Bus", "connect", "register_memory_factory", "translate_errors"]
 
 log = structlog.get_logger(__name__)
 
 _memory_servers: dict[str, Any] = {}
+#: Set by ``swarmbus.agents.memory`` on import: ``bus`` never imports ``agents`` itself.
+_memory_factory: Callable[[Bus, Any], Any] | None = None
+
+
+def register_memory_factory(factory: Callable[[Bus, Any], Any]) -> None:
+    """Install what ``Bus.memory()`` builds (the agents package does this on import)."""
+    global _memory_factory
+    _memory_factory = factory
 _memory_lock = threading.Lock()
 
 
@@ -209,15 +217,29 @@ class Bus:
 
         return await dead_letters(self, topic, limit=limit)
 
-    async def replay_dead_letters(self, topic: str, ids: Sequence[str] | None = None) -> int:
+    async def replay_dead_letters(
+        self,
+        topic: str,
+        ids: Sequence[str] | None = None,
+        *,
+        progress: Callable[[int, int], Any] | None = None,
+    ) -> int:
+        """Put dead letters back on ``topic``; ``progress(done, total)`` is called per chunk."""
         from .dlq import replay_dead_letters
 
-        return await replay_dead_letters(self, topic, ids)
+        return await replay_dead_letters(self, topic, ids, progress=progress)
 
     async def purge_dead_letters(self, topic: str) -> int:
         from .dlq import purge_dead_letters
 
         return await purge_dead_letters(self, topic)
+
+    def memory(self, agent: Any) -> Any:
+        """The ``Memory`` of ``agent`` (a name, or an ``Agent`` for its pattern features)."""
+        if _memory_factory is None:  # pragma: no cover - swarmbus/__init__ imports agents
+            import swarmbus.agents  # noqa: F401
+        assert _memory_factory is not None
+        return _memory_factory(self, agent)
 
     def consumer(
         self,

@@ -9,7 +9,23 @@ Layout (``ns`` is ``Settings.namespace``)::
     ns:{t:TOPIC}:st:SIGNAL_ID      HASH    per-target status of one signal
     ns:heartbeats                  ZSET    "AGENT/CONSUMER" -> last heartbeat (ms)
     ns:heartbeat-records           HASH    "AGENT/CONSUMER" -> last heartbeat record (JSON)
-    ns:{a:AGENT}:...               agent memory (decisions, state, patterns)
+    ns:{a:AGENT}:stm               STREAM  decision and outcome events (the coordinator reads)
+    ns:{a:AGENT}:dec:ID            HASH    one decision record (+ its outcome)
+    ns:{a:AGENT}:decisions         ZSET    decision ids by creation time (ms)
+    ns:{a:AGENT}:decisions:T:TYPE  ZSET    the same, per decision type
+    ns:{a:AGENT}:children:ID       SET     ids of decisions whose parent is ID
+    ns:{a:AGENT}:roll:m:MINUTE     HASH    per-minute rollups of decision statistics
+    ns:{a:AGENT}:roll:h:HOUR       HASH    per-hour rollups of decision statistics
+    ns:{a:AGENT}:state             HASH    current state: version, data, updated_at
+    ns:{a:AGENT}:checkpoints       ZSET    checkpoint ids by sequence number
+    ns:{a:AGENT}:checkpoint:ID     STRING  one checkpoint (JSON)
+    ns:{a:AGENT}:pattern:ID        HASH    one learned pattern
+    ns:{a:AGENT}:patterns          ZSET    pattern ids by confidence
+    ns:{a:AGENT}:patterns:T:TYPE   ZSET    the same, per decision type
+    ns:{a:AGENT}:pmatch:TYPE:HASH  ZSET    patterns of one (type, conditions) by confidence
+    ns:{a:AGENT}:shared            ZSET    "OWNER~PATTERN" shared with this agent, by confidence
+    ns:{a:AGENT}:applied           ZSET    STM events already folded into patterns
+    ns:{a:AGENT}:profile           STRING  pattern features and bins (JSON)
 
 All keys of one topic share the hash tag ``{t:TOPIC}`` and all keys of one agent's
 memory share ``{a:AGENT}``: every multi-key script stays inside one cluster slot.
@@ -24,7 +40,7 @@ from dataclasses import dataclass
 from ..errors import ConfigurationError
 from .signal import AGENT_NAME, SIGNAL_ID, TOPIC_NAME
 
-__all__ = ["Keys", "TopicKeys", "check_agent", "check_topic"]
+__all__ = ["AgentKeys", "Keys", "TopicKeys", "check_agent", "check_topic"]
 
 _TOPIC = re.compile(TOPIC_NAME)
 _AGENT = re.compile(AGENT_NAME)
@@ -69,14 +85,89 @@ class TopicKeys:
         return self.status_prefix + signal_id
 
 
+@dataclass(frozen=True, slots=True)
+class AgentKeys:
+    """The memory keys of one agent, all in the slot of ``{a:AGENT}``."""
+
+    agent: str
+    prefix: str
+
+    @property
+    def stm(self) -> str:
+        return self.prefix + "stm"
+
+    def decision(self, decision_id: str) -> str:
+        return f"{self.prefix}dec:{decision_id}"
+
+    @property
+    def decisions(self) -> str:
+        return self.prefix + "decisions"
+
+    def decisions_of_type(self, decision_type: str) -> str:
+        return f"{self.prefix}decisions:T:{decision_type}"
+
+    def children(self, decision_id: str) -> str:
+        return f"{self.prefix}children:{decision_id}"
+
+    def minute(self, minute: int) -> str:
+        return f"{self.prefix}roll:m:{minute}"
+
+    def hour(self, hour: int) -> str:
+        return f"{self.prefix}roll:h:{hour}"
+
+    @property
+    def state(self) -> str:
+        return self.prefix + "state"
+
+    @property
+    def checkpoints(self) -> str:
+        return self.prefix + "checkpoints"
+
+    def checkpoint(self, checkpoint_id: str) -> str:
+        return f"{self.prefix}checkpoint:{checkpoint_id}"
+
+    def pattern(self, pattern_id: str) -> str:
+        return f"{self.prefix}pattern:{pattern_id}"
+
+    @property
+    def patterns(self) -> str:
+        return self.prefix + "patterns"
+
+    def patterns_of_type(self, decision_type: str) -> str:
+        return f"{self.prefix}patterns:T:{decision_type}"
+
+    def pattern_match(self, decision_type: str, conditions_hash: str) -> str:
+        return f"{self.prefix}pmatch:{decision_type}:{conditions_hash}"
+
+    @property
+    def shared(self) -> str:
+        return self.prefix + "shared"
+
+    @property
+    def applied(self) -> str:
+        return self.prefix + "applied"
+
+    @property
+    def profile(self) -> str:
+        return self.prefix + "profile"
+
+
 class Keys:
     """Key builder for one namespace."""
 
-    __slots__ = ("_topics", "namespace")
+    __slots__ = ("_agents", "_topics", "namespace")
 
     def __init__(self, namespace: str) -> None:
         self.namespace = namespace
         self._topics: dict[str, TopicKeys] = {}
+        self._agents: dict[str, AgentKeys] = {}
+
+    def memory(self, agent: str) -> AgentKeys:
+        cached = self._agents.get(agent)
+        if cached is None:
+            cached = AgentKeys(agent, self.agent(agent))
+            self._agents[agent] = cached
+        return cached
 
     def topic(self, topic: str) -> TopicKeys:
         cached = self._topics.get(topic)

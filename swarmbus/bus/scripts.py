@@ -257,3 +257,197 @@ async def run_many(
         for i, r in zip(missing, again, strict=True):
             results[i] = r
     return results
+
+
+# --- agent memory ---------------------------------------------------------------------
+# Rollup hashes hold, per decision type T and for the aggregate type '*':
+#   T|n decisions, T|cn decisions with a confidence, T|cs sum of confidences,
+#   T|on outcomes, T|s successes, T|qn outcomes with a quality, T|qs sum of qualities,
+#   T|ln outcomes with a latency, T|l:BIN latency histogram.
+
+# DECIDE — record one decision.
+# KEYS: 1 record, 2 time index, 3 type index, 4 STM stream, 5 minute rollup, 6 hour rollup,
+#       7 children set of the parent (same agent) or an unused key of the agent's slot
+# ARGV: 1 id, 2 created ms, 3 type, 4 record JSON, 5 retention ms, 6 confidence or '',
+#       7 parent id or '', 8 rollup ttl ms
+# Atomic: record, both indexes, parent link, STM event and rollups, or nothing (an id
+# already recorded is a no-op: handler re-runs derive the same id). Index entries past
+# retention are dropped on the way. Returns 1 when recorded, 0 for a duplicate.
+DECIDE = Script("decide", """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local created, dtype = ARGV[2], ARGV[3]
+redis.call('HSET', KEYS[1], 'r', ARGV[4], 't', created, 'type', dtype)
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+local horizon = tonumber(created) - tonumber(ARGV[5])
+for i = 2, 3 do
+  redis.call('ZADD', KEYS[i], created, ARGV[1])
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', horizon)
+end
+if ARGV[7] ~= '' then
+  redis.call('SADD', KEYS[7], ARGV[1])
+  redis.call('PEXPIRE', KEYS[7], ARGV[5])
+end
+redis.call('XADD', KEYS[4], '*', 'k', 'd', 'id', ARGV[1], 'r', ARGV[4])
+for i = 5, 6 do
+  for _, t in ipairs({dtype, '*'}) do
+    redis.call('HINCRBY', KEYS[i], t .. '|n', 1)
+    if ARGV[6] ~= '' then
+      redis.call('HINCRBY', KEYS[i], t .. '|cn', 1)
+      redis.call('HINCRBYFLOAT', KEYS[i], t .. '|cs', ARGV[6])
+    end
+  end
+  redis.call('PEXPIRE', KEYS[i], ARGV[8])
+end
+return 1
+""")
+
+# OUTCOME — record the outcome of one decision (once).
+# KEYS: 1 record, 2 STM stream, 3 minute rollup, 4 hour rollup (of the decision's creation)
+# ARGV: 1 id, 2 outcome JSON, 3 success '1'/'0', 4 quality or '', 5 latency bin or '',
+#       6 created ms the caller computed the rollup keys from
+# Atomic: outcome on the record, STM event (decision + outcome, all the coordinator needs)
+# and rollups. Returns 1 recorded, 0 already recorded (first outcome wins), -1 unknown
+# decision, -2 the rollup keys do not match the record's creation time.
+OUTCOME = Script("outcome", """
+local created = redis.call('HGET', KEYS[1], 't')
+if not created then return -1 end
+if redis.call('HEXISTS', KEYS[1], 'o') == 1 then return 0 end
+if created ~= ARGV[6] then return -2 end
+local dtype = redis.call('HGET', KEYS[1], 'type')
+local record = redis.call('HGET', KEYS[1], 'r')
+redis.call('HSET', KEYS[1], 'o', ARGV[2])
+redis.call('XADD', KEYS[2], '*', 'k', 'o', 'id', ARGV[1], 'r', record, 'o', ARGV[2])
+for i = 3, 4 do
+  for _, t in ipairs({dtype, '*'}) do
+    redis.call('HINCRBY', KEYS[i], t .. '|on', 1)
+    if ARGV[3] == '1' then redis.call('HINCRBY', KEYS[i], t .. '|s', 1) end
+    if ARGV[4] ~= '' then
+      redis.call('HINCRBY', KEYS[i], t .. '|qn', 1)
+      redis.call('HINCRBYFLOAT', KEYS[i], t .. '|qs', ARGV[4])
+    end
+    if ARGV[5] ~= '' then
+      redis.call('HINCRBY', KEYS[i], t .. '|ln', 1)
+      redis.call('HINCRBY', KEYS[i], t .. '|l:' .. ARGV[5], 1)
+    end
+  end
+end
+return 1
+""")
+
+# STATS — add up rollup hashes server-side.
+# KEYS: the minute and hour rollups covering the window
+# ARGV: 1 decision type or '*'
+# Returns a flat [field, total, ...] list of the type's fields summed over the keys.
+STATS = Script("stats", """
+local prefix = ARGV[1] .. '|'
+local plen = #prefix
+local sums, order = {}, {}
+for _, key in ipairs(KEYS) do
+  local h = redis.call('HGETALL', key)
+  for i = 1, #h, 2 do
+    local f = h[i]
+    if string.sub(f, 1, plen) == prefix then
+      local name = string.sub(f, plen + 1)
+      if sums[name] == nil then sums[name] = 0; order[#order + 1] = name end
+      sums[name] = sums[name] + tonumber(h[i + 1])
+    end
+  end
+end
+local out = {}
+for _, name in ipairs(order) do
+  out[#out + 1] = name
+  out[#out + 1] = string.format('%.17g', sums[name])
+end
+return out
+""")
+
+# STATE_SET — compare-and-set an agent's state.
+# KEYS: 1 state hash
+# ARGV: 1 data JSON, 2 expected version or '' (no check), 3 now ms
+# Atomic: the version check and the write. Returns {1, new version} or {-1, current
+# version} when the expected version is not the current one.
+STATE_SET = Script("state_set", """
+local v = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
+if ARGV[2] ~= '' and tonumber(ARGV[2]) ~= v then return {-1, v} end
+v = v + 1
+redis.call('HSET', KEYS[1], 'v', v, 'd', ARGV[1], 't', ARGV[3])
+return {1, v}
+""")
+
+# CHECKPOINT — snapshot the current state.
+# KEYS: 1 state hash, 2 checkpoint index, 3 the new checkpoint hash
+# ARGV: 1 checkpoint id, 2 label, 3 now ms, 4 checkpoints kept, 5 checkpoint key prefix,
+#       6 '1' to skip when the state did not change since the last checkpoint
+# Atomic: snapshot + index + trimming to the newest N (older snapshots are deleted; they
+# share the agent's hash tag). Returns {1, version} or {0, version} when skipped.
+CHECKPOINT = Script("checkpoint", """
+local v = redis.call('HGET', KEYS[1], 'v') or '0'
+if ARGV[6] == '1' and redis.call('HGET', KEYS[1], 'cv') == v then return {0, tonumber(v)} end
+local seq = redis.call('HINCRBY', KEYS[1], 'cseq', 1)
+redis.call('HSET', KEYS[1], 'cv', v)
+redis.call('HSET', KEYS[3], 'id', ARGV[1], 'label', ARGV[2], 'v', v, 't', ARGV[3],
+  'd', redis.call('HGET', KEYS[1], 'd') or '{}')
+redis.call('ZADD', KEYS[2], seq, ARGV[1])
+local excess = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[4])
+if excess > 0 then
+  for _, old in ipairs(redis.call('ZRANGE', KEYS[2], 0, excess - 1)) do
+    redis.call('DEL', ARGV[5] .. old)
+  end
+  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, excess - 1)
+end
+return {1, tonumber(v)}
+""")
+
+# ROLLBACK — make a checkpoint's data the current state again.
+# KEYS: 1 state hash, 2 checkpoint hash
+# ARGV: 1 now ms
+# Atomic: the state becomes the snapshot's data under a new version (so writers holding
+# the old version get a conflict). Returns the new version, or -1 for an unknown checkpoint.
+ROLLBACK = Script("rollback", """
+local d = redis.call('HGET', KEYS[2], 'd')
+if not d then return -1 end
+local v = redis.call('HINCRBY', KEYS[1], 'v', 1)
+redis.call('HSET', KEYS[1], 'd', d, 't', ARGV[1])
+return v
+""")
+
+# FOLD — apply one STM outcome event to its pattern, exactly once.
+# KEYS: 1 pattern hash, 2 agent's pattern index, 3 type index, 4 match index,
+#       5 applied-events zset, 6 STM stream
+# ARGV: 1 STM entry id, 2 consumer group, 3 pattern id, 4 agent, 5 decision type,
+#       6 conditions JSON, 7 choice JSON, 8 success '1'/'0', 9 quality or '', 10 now ms,
+#       11 event time ms
+# Atomic: the applied marker, the statistics (n, successes, quality sum and sum of
+# squares, version), the Wilson lower bound (95 %) in all three indexes and the ack. An
+# event already marked is only acked: replays, crashes and competing coordinators never
+# count twice. Returns 1 applied, 0 already applied.
+FOLD = Script("fold", """
+local eid = ARGV[1]
+if redis.call('ZSCORE', KEYS[5], eid) then
+  redis.call('XACK', KEYS[6], ARGV[2], eid)
+  return 0
+end
+redis.call('ZADD', KEYS[5], ARGV[11], eid)
+local p = KEYS[1]
+if redis.call('EXISTS', p) == 0 then
+  redis.call('HSET', p, 'id', ARGV[3], 'agent', ARGV[4], 'type', ARGV[5], 'cond', ARGV[6],
+    'choice', ARGV[7], 'learned', ARGV[10], 'shared', '[]', 'meta', '{}')
+end
+local n = redis.call('HINCRBY', p, 'n', 1)
+local s = redis.call('HINCRBY', p, 's', ARGV[8] == '1' and 1 or 0)
+if ARGV[9] ~= '' then
+  local q = tonumber(ARGV[9])
+  redis.call('HINCRBY', p, 'qn', 1)
+  redis.call('HINCRBYFLOAT', p, 'qs', q)
+  redis.call('HINCRBYFLOAT', p, 'qss', q * q)
+end
+redis.call('HINCRBY', p, 'ver', 1)
+local z, phat = 1.959963984540054, s / n
+local lb = (phat + z * z / (2 * n) - z * math.sqrt((phat * (1 - phat) + z * z / (4 * n)) / n))
+  / (1 + z * z / n)
+if lb < 0 then lb = 0 end
+redis.call('HSET', p, 'conf', string.format('%.17g', lb), 'updated', ARGV[10])
+for i = 2, 4 do redis.call('ZADD', KEYS[i], lb, ARGV[3]) end
+redis.call('XACK', KEYS[6], ARGV[2], eid)
+return 1
+""")

@@ -51,10 +51,23 @@ def _b32(value: int, length: int) -> str:
     return "".join(reversed(out))
 
 
+_last_ms = -1
+_last_rand = 0
+
+
 def new_id(now: float | None = None) -> str:
-    """A ULID: 48 bits of milliseconds then 80 random bits, so ids sort by creation time."""
+    """A ULID: 48 bits of milliseconds then 80 random bits, so ids sort by creation time.
+
+    Monotonic within a process: ids made in the same millisecond continue from the
+    previous random part, so they sort in the order they were made.
+    """
+    global _last_ms, _last_rand
     ms = int((time.time() if now is None else now) * 1000)
-    return _b32(ms, 10) + _b32(int.from_bytes(os.urandom(10), "big"), 16)
+    if ms == _last_ms and _last_rand < (1 << 80) - 1:
+        _last_rand += 1
+    else:
+        _last_ms, _last_rand = ms, int.from_bytes(os.urandom(10), "big") >> 1
+    return _b32(ms, 10) + _b32(_last_rand, 16)
 
 
 def derive_id(*parts: str) -> str:

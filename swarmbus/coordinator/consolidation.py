@@ -1,0 +1,101 @@
+"""Consolidation: fold every agent's STM outcome events into its patterns, exactly once.
+
+The coordinator reads each agent's STM stream through one consumer group (``coordinator``)
+shared by every coordinator replica. An outcome event is applied by the FOLD script, which
+marks the event applied, updates the statistics and the confidence indexes, and acks the
+entry in one step: crashes, replays and competing replicas never count an event twice, so
+the patterns always equal a recomputation from the decision records.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import structlog
+from redis import exceptions as rexc
+
+from ..agents.patterns import conditions_hash, pattern_id
+from ..bus import scripts
+
+if TYPE_CHECKING:
+    from ..bus.connection import Bus
+
+__all__ = ["GROUP", "consolidate", "ensure_group"]
+
+log = structlog.get_logger(__name__)
+
+GROUP = "coordinator"
+
+
+async def ensure_group(bus: Bus, agent: str) -> None:
+    """Create the coordinators' group on ``agent``'s STM (from its start) if missing."""
+    try:
+        await bus.redis.xgroup_create(bus.keys.memory(agent).stm, GROUP, id="0", mkstream=True)
+    except rexc.ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+def _fold_call(
+    bus: Bus, agent: str, entry_id: str, fields: dict[bytes, bytes]
+) -> tuple[scripts.Script, list[str], list[Any]] | None:
+    """The FOLD call for one outcome event; None for an event that is not an outcome."""
+    if fields.get(b"k") != b"o":
+        return None
+    record = orjson.loads(fields[b"r"])
+    outcome = orjson.loads(fields[b"o"])
+    dtype = str(record["decision_type"])
+    conds = {str(k): str(v) for k, v in (record.get("conditions") or {}).items()}
+    choice = [str(c) for c in (record.get("reasoning") or {}).get("selected", [])]
+    pid = pattern_id(dtype, conds, choice)
+    k = bus.keys.memory(agent)
+    quality = outcome.get("quality_score")
+    keys = [k.pattern(pid), k.patterns, k.patterns_of_type(dtype),
+            k.pattern_match(dtype, conditions_hash(conds)), k.applied, k.stm]
+    args = [entry_id, GROUP, pid, agent, dtype, orjson.dumps(conds, option=orjson.OPT_SORT_KEYS),
+            orjson.dumps(choice), "1" if outcome.get("success") else "0",
+            "" if quality is None else repr(float(quality)), int(time.time() * 1000),
+            int(entry_id.split("-")[0])]
+    return scripts.FOLD, keys, args
+
+
+async def consolidate(bus: Bus, agent: str, consumer: str, *, count: int = 500,
+                      pending: bool = False) -> int:
+    """Read up to ``count`` STM events of ``agent`` and fold them; returns events handled.
+
+    :param pending: re-read this consumer's own unacked events (after a restart) instead
+        of new ones.
+    """
+    stm = bus.keys.memory(agent).stm
+    reply = await bus.redis.xreadgroup(GROUP, consumer, {stm: "0" if pending else ">"},
+                                       count=count)
+    entries = reply[0][1] if reply else []
+    if not entries:
+        return 0
+    calls = []
+    plain: list[bytes] = []
+    bad: list[bytes] = []
+    for raw_id, fields in entries:
+        if not fields:
+            plain.append(raw_id)  # trimmed while pending: nothing to fold
+            continue
+        try:
+            call = _fold_call(bus, agent, raw_id.decode(), fields)
+        except (KeyError, ValueError, TypeError, orjson.JSONDecodeError) as exc:
+            log.error("stm_event_unreadable", agent=agent, entry_id=raw_id.decode(),
+                      error=str(exc))
+            bad.append(raw_id)
+            continue
+        if call is None:
+            plain.append(raw_id)
+        else:
+            calls.append(call)
+    results = await scripts.run_many(bus.redis, calls)
+    for result in results:
+        if isinstance(result, Exception):
+            raise result
+    if plain or bad:
+        await bus.redis.xack(stm, GROUP, *plain, *bad)
+    return len(entries)
