@@ -100,16 +100,36 @@ async def watch_market(signal: Signal, ctx: Context) -> None:
         )
 
 
+ACTIONS = ("reduce_exposure", "follow_whale", "hedge")
+
+
+def _payoff(action: str, move: float) -> float:
+    return {"reduce_exposure": -move, "follow_whale": move, "hedge": abs(move) * 0.2}[action]
+
+
 @risk_manager.on("WHALE_ACTIVITY")
 async def assess(signal: Signal, ctx: Context) -> None:
     market = signal.context.get("market", {})
-    volatile = market.get("volatility") == "high"
-    level = "high" if volatile or signal.severity == "high" else "medium"
-    action = {"bearish": "reduce_exposure", "bullish": "follow_whale"}.get(
+    level = "high" if market.get("volatility") == "high" or signal.severity == "high" else "medium"
+    # What worked before under these market conditions? Fall back to a rule of thumb, and
+    # explore now and then so every choice keeps being measured.
+    known = await ctx.memory.match(signal.context, decision_type="RISK_ASSESSMENT")
+    rule = {"bearish": "reduce_exposure", "bullish": "follow_whale"}.get(
         market.get("trend", ""), "hedge")
+    explore = zlib.crc32(signal.id.encode()) % 10 == 0
+    best = known[0] if known and not explore and known[0].confidence > 0.2 else None
+    action = best.choice[0] if best and best.choice else (
+        ACTIONS[zlib.crc32(signal.id.encode()) % 3] if explore else rule)
+    decision = await ctx.decide(
+        "RISK_ASSESSMENT", context=signal.context,
+        reasoning={"selected": [action], "confidence": best.confidence if best else 0.5,
+                   "memory_influenced": best is not None,
+                   "patterns_applied": [best.id] if best else []},
+    )
     await ctx.publish(
         "RISK_ALERT", targets=["trade-executor"],
-        data={"level": level, "action": action, "next_move": signal.data["next_move"]},
+        data={"level": level, "action": action, "next_move": signal.data["next_move"],
+              "risk_decision": decision.id},
         severity="high" if level == "high" else "medium",
         context={"market": market, "risk": {"level": level}},
     )
@@ -120,10 +140,23 @@ async def execute(signal: Signal, ctx: Context) -> None:
     # A flaky exchange: about one order in twelve times out on its first try.
     if ctx.attempt == 1 and zlib.crc32(signal.id.encode()) % 12 == 0:
         raise Retry(0.05, reason="exchange timeout")
-    move = float(signal.data["next_move"])
+    started = time.perf_counter()
     action = signal.data["action"]
-    gained = {"reduce_exposure": -move, "follow_whale": move, "hedge": abs(move) * 0.2}[action]
-    ctx.log.debug("order_executed", action=action, pnl=round(gained, 5))
+    decision = await ctx.decide(
+        "TRADE_EXECUTION", context=signal.context,
+        reasoning={"selected": [action]}, parent_decision_id=signal.data.get("risk_decision"),
+    )
+    pnl = _payoff(action, float(signal.data["next_move"]))
+    quality = max(0.0, min(1.0, 0.5 + pnl * 25))
+    latency = (time.perf_counter() - started) * 1000
+    await decision.outcome(success=pnl > 0, quality_score=quality, latency_ms=latency,
+                           data={"pnl": pnl})
+    # The risk manager's choice is judged by the same market move.
+    if signal.data.get("risk_decision"):
+        await ctx.bus.memory("risk-manager").record_outcome(
+            signal.data["risk_decision"], success=pnl > 0, quality_score=quality,
+            data={"pnl": pnl})
+    ctx.log.debug("order_executed", action=action, pnl=round(pnl, 5))
 
 
 async def feed(bus: swarmbus.Bus, *, seed: int = 7, rate: float = 40.0,

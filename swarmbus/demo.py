@@ -24,6 +24,7 @@ from rich.text import Text
 from .agents.worker import Worker
 from .bus.connection import Bus, connect
 from .bus.signal import Signal
+from .coordinator.consolidation import consolidate, ensure_group
 from .errors import ConfigurationError
 from .logging import configure_logging
 from .settings import Settings
@@ -101,7 +102,7 @@ class _View:
         for s in list(self.recent)[::-1]:
             last.add_row(Text(s.type, style=SEVERITY_STYLE[s.severity.value]),
                          f"{s.source} -> {','.join(s.targets) or '*'}", s.severity.value,
-                         _short(s.data))
+                         Text(_short(s.data)))
         return Group(head, self.agents(), last)
 
     def line(self) -> str:
@@ -128,6 +129,17 @@ async def _watch(bus: Bus, view: _View) -> None:
         view.seen(signal)
 
 
+async def _learn(bus: Bus, agents: list[str]) -> None:
+    """Fold the fleet's outcomes into patterns as they come in, like a coordinator."""
+    for agent in agents:
+        await ensure_group(bus, agent)
+    while True:
+        for agent in agents:
+            while await consolidate(bus, agent, "demo"):
+                pass
+        await anyio.sleep(0.25)
+
+
 async def run_demo(bus: Bus, seconds: float, console: Console) -> _View:
     """Run fleet + feed for ``seconds`` (or until Ctrl-C) with a live view."""
     trading = load_fleet()
@@ -135,6 +147,7 @@ async def run_demo(bus: Bus, seconds: float, console: Console) -> _View:
     view = _View(worker, seconds)
     async with anyio.create_task_group() as tg:
         tg.start_soon(_watch, bus, view)
+        tg.start_soon(_learn, bus, [a.name for a in trading.fleet])
         async with anyio.create_task_group() as running:
             await running.start(worker.run)
             async with anyio.create_task_group() as feeding:
@@ -144,6 +157,9 @@ async def run_demo(bus: Bus, seconds: float, console: Console) -> _View:
                 feeding.cancel_scope.cancel()
             worker.stop()  # graceful: in-flight handlers finish, worker.run returns
         tg.cancel_scope.cancel()
+    for agent in trading.fleet:  # fold what arrived after the last pass
+        while await consolidate(bus, agent.name, "demo"):
+            pass
     return view
 
 
@@ -173,7 +189,29 @@ async def _show(view: _View, console: Console) -> None:
                 console.print(view.line(), highlight=False)
 
 
-def summary(view: _View, dead: dict[str, int], console: Console) -> None:
+async def memory_tables(bus: Bus, agents: list[str]) -> tuple[Table, Table]:
+    decisions = Table(title="decisions (last 24 h)")
+    for col in ("agent", "decisions", "outcomes", "success", "mean quality"):
+        decisions.add_column(col, justify="left" if col == "agent" else "right")
+    learned = Table(title="patterns learned (best first)")
+    for col in ("agent", "confidence", "status", "pattern"):
+        learned.add_column(col, justify="right" if col == "confidence" else "left")
+    for agent in agents:
+        memory = bus.memory(agent)
+        stats = await memory.stats()
+        if stats.count:
+            decisions.add_row(
+                agent, str(stats.count), str(stats.outcomes),
+                "-" if stats.success_rate is None else f"{stats.success_rate:.0%}",
+                "-" if stats.mean_quality is None else f"{stats.mean_quality:.2f}")
+        for p in await memory.patterns(limit=4):
+            learned.add_row(agent, f"{p.confidence:.2f}", p.status, Text(p.description))
+    return decisions, learned
+
+
+def summary(
+    view: _View, dead: dict[str, int], tables: tuple[Table, Table], console: Console
+) -> None:
     elapsed = view.elapsed
     total = sum(view.by_type.values())
     console.print()
@@ -187,6 +225,8 @@ def summary(view: _View, dead: dict[str, int], console: Console) -> None:
         topics.add_row(topic, str(count), str(dead.get(topic, 0)))
     console.print(topics)
     console.print(view.agents())
+    for table in tables:
+        console.print(table)
 
 
 async def _main(settings: Settings, seconds: float, use_redis: bool) -> int:
@@ -198,7 +238,8 @@ async def _main(settings: Settings, seconds: float, use_redis: bool) -> int:
                       f"for {seconds:.0f} s (Ctrl-C to stop early)", highlight=False)
         view = await run_demo(bus, seconds, console)
         dead = {t: len(await bus.dead_letters(t, limit=10_000)) for t in view.by_type}
-    summary(view, dead, console)
+        tables = await memory_tables(bus, [c.agent for c in view.worker.consumers])
+    summary(view, dead, tables, console)
     return 0
 
 
