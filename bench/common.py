@@ -84,12 +84,16 @@ def table(figures: list[Figure], baseline: str = "swarmbus") -> str:
             if base is not None and f is not base and f.median:
                 r = base.median / f.median if f.higher_is_better else f.median / base.median
                 ratio = f"swarmbus x{r:.2f}"
-            rows.append((workload, f.system, f"{f.median:,.1f}", f"{min(f.values):,.1f}",
-                         f"{max(f.values):,.1f}", f.unit, ratio))
+            rows.append((workload, f.system, _num(f.median), _num(min(f.values)),
+                         _num(max(f.values)), f.unit, ratio))
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def _num(value: float) -> str:
+    return f"{value:,.2f}" if abs(value) < 100 else f"{value:,.0f}"
 
 
 def write_json(path: Path, env: dict[str, object], figures: list[Figure]) -> None:
