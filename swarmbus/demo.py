@@ -84,7 +84,7 @@ class _View:
             table.add_column(col, justify="left" if col == "agent" else "right")
         for consumer in self.worker.consumers:
             s = consumer.stats
-            p50, p95 = _percentiles(s.handler_seconds)
+            p50, p95 = _percentiles(list(s.handler_seconds))
             table.add_row(consumer.agent, str(s.processed), str(s.failed), str(s.retried),
                           str(consumer.in_flight), p50, p95)
         return table

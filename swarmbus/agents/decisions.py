@@ -188,7 +188,6 @@ class DecisionLog:
         conditions: dict[str, str] | None = None,
     ) -> Decision:
         """Record a decision (a no-op if ``decision_id`` was recorded already)."""
-        settings = self.bus.settings
         decision = Decision(
             id=decision_id or self.new_id(),
             agent=self.agent,
@@ -201,6 +200,17 @@ class DecisionLog:
             conditions=dict(conditions or {}),
             created_at=datetime.now(UTC),
         )
+        if await self.write(decision):
+            return decision
+        return await self.get(decision.id)
+
+    async def write(self, decision: Decision, *, stm: bool = True) -> bool:
+        """Store a decision record as it is (``stm=False``: no STM event, for restores).
+
+        Returns False when a record with that id exists already.
+        """
+        settings = self.bus.settings
+        parent_decision_id = decision.parent_decision_id
         created = _ms(decision.created_at)
         retention_ms = int(settings.decision_retention * 1000)
         parent_agent = decision_agent(parent_decision_id) if parent_decision_id else None
@@ -210,6 +220,7 @@ class DecisionLog:
             k.decision(decision.id), k.decisions, k.decisions_of_type(decision.decision_type),
             k.stm, k.minute(created // 60_000), k.hour(created // 3_600_000),
             k.children(parent_decision_id if same_slot else "~"),  # type: ignore[arg-type]
+            k.types,
         ]
         confidence = decision.reasoning.confidence
         args = [
@@ -218,6 +229,7 @@ class DecisionLog:
             "" if confidence is None else repr(confidence),
             parent_decision_id if same_slot else "",
             retention_ms + 86_400_000,
+            "1" if stm else "0",
         ]
         with self.bus.errors():
             fresh = await scripts.run(self.bus.redis, scripts.DECIDE, keys, args)
@@ -229,9 +241,7 @@ class DecisionLog:
                     pipe.sadd(children, decision.id)
                     pipe.pexpire(children, retention_ms)
                     await pipe.execute()
-        if not fresh:
-            return await self.get(decision.id)
-        return decision
+        return bool(fresh)
 
     async def record_outcome(
         self,
@@ -255,6 +265,17 @@ class DecisionLog:
             errors=list(errors or []), signals_generated=list(signals_generated or []),
             data=dict(data or {}),
         )
+        return await self.write_outcome(decision_id, outcome, created_at=created_at)
+
+    async def write_outcome(
+        self,
+        decision_id: str,
+        outcome: Outcome,
+        *,
+        created_at: datetime | None = None,
+        stm: bool = True,
+    ) -> bool:
+        """Store an outcome as it is (``stm=False``: no STM event, for restores)."""
         k = self.keys
         with self.bus.errors():
             if created_at is None:
@@ -266,20 +287,18 @@ class DecisionLog:
                 created = _ms(created_at)
             keys = [k.decision(decision_id), k.stm, k.minute(created // 60_000),
                     k.hour(created // 3_600_000)]
+            quality, latency = outcome.quality_score, outcome.latency_ms
             args = [
-                decision_id, outcome.model_dump_json(), "1" if success else "0",
-                "" if quality_score is None else repr(float(quality_score)),
-                "" if latency_ms is None else latency_bin(latency_ms), created,
+                decision_id, outcome.model_dump_json(), "1" if outcome.success else "0",
+                "" if quality is None else repr(float(quality)),
+                "" if latency is None else latency_bin(latency), created,
+                "1" if stm else "0",
             ]
             result = int(await scripts.run(self.bus.redis, scripts.OUTCOME, keys, args))
         if result == -1:
             raise DecisionNotFound(decision_id)
         if result == -2:  # the creation time we were given is not the record's
-            return await self.record_outcome(
-                decision_id, success=success, quality_score=quality_score,
-                latency_ms=latency_ms, errors=errors, signals_generated=signals_generated,
-                data=data,
-            )
+            return await self.write_outcome(decision_id, outcome, stm=stm)
         return result == 1
 
     # -- reading ---------------------------------------------------------------------------

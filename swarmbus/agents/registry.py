@@ -16,7 +16,10 @@ from pydantic import BaseModel, ConfigDict
 if TYPE_CHECKING:
     from ..bus.connection import Bus
 
-__all__ = ["Heartbeat", "beat", "forget", "heartbeats"]
+__all__ = ["Heartbeat", "IntervalMetrics", "beat", "forget", "heartbeats"]
+
+#: Entries kept per agent metrics stream (about 3 hours of 5 s heartbeats per consumer).
+METRICS_KEPT = 2000
 
 #: Dead consumers are listed this long after their last beat, then forgotten.
 DEAD_KEPT = 86_400.0
@@ -45,12 +48,33 @@ class Heartbeat(BaseModel):
         return f"{self.agent}/{self.consumer}"
 
 
-async def beat(bus: Bus, records: list[Heartbeat]) -> None:
-    """Write heartbeat records (one round trip for all of a worker's consumers)."""
+class IntervalMetrics(BaseModel):
+    """What one consumer of an agent did between two heartbeats."""
+
+    model_config = ConfigDict(frozen=True)
+
+    agent: str
+    consumer: str
+    at: datetime
+    seconds: float
+    handled: int
+    failed: int
+    mean_ms: float | None
+    p50_ms: float | None
+    p95_ms: float | None
+
+
+async def beat(
+    bus: Bus, records: list[Heartbeat], metrics: list[IntervalMetrics] | None = None
+) -> None:
+    """Write heartbeat records and interval metrics (one round trip for a whole worker)."""
     keys = bus.keys
     async with bus.redis.pipeline(transaction=False) as pipe:
         pipe.hset(keys.heartbeat_records, mapping={r.member: r.model_dump_json() for r in records})
         pipe.zadd(keys.heartbeats, {r.member: int(r.last_beat.timestamp() * 1000) for r in records})
+        for m in metrics or []:
+            pipe.xadd(keys.memory(m.agent).metrics, {"m": m.model_dump_json()},
+                      maxlen=METRICS_KEPT, approximate=True)
         await pipe.execute()
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import signal as signals
 import socket
+import statistics
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -19,7 +21,7 @@ from ..errors import ConfigurationError, InvalidData
 from .agent import Agent, Route
 from .context import Context
 from .memory import memory_for
-from .registry import Heartbeat, beat, forget
+from .registry import Heartbeat, IntervalMetrics, beat, forget
 
 if TYPE_CHECKING:
     from ..bus.connection import Bus
@@ -161,10 +163,28 @@ class Worker:
             ttl=self.heartbeat_interval * 3,
         )
 
+    def _metrics(self, consumer: Consumer, seconds: float) -> IntervalMetrics:
+        durations, failed = consumer.stats.take_interval()
+        p50 = p95 = mean = None
+        if durations:
+            ordered = sorted(durations)
+            mean = statistics.fmean(ordered) * 1000
+            p50 = ordered[int(0.50 * (len(ordered) - 1))] * 1000
+            p95 = ordered[int(0.95 * (len(ordered) - 1))] * 1000
+        return IntervalMetrics(
+            agent=consumer.agent, consumer=self.name, at=datetime.now(UTC), seconds=seconds,
+            handled=len(durations), failed=failed, mean_ms=mean, p50_ms=p50, p95_ms=p95,
+        )
+
     async def _heartbeats(self) -> None:
+        last = time.monotonic()
         while True:
+            now = time.monotonic()
+            metrics = [self._metrics(c, now - last) for c in self.consumers]
+            last = now
             try:
-                await beat(self.bus, [self._heartbeat(c) for c in self.consumers])
+                await beat(self.bus, [self._heartbeat(c) for c in self.consumers],
+                           [m for m in metrics if m.handled or m.failed])
             except _CONNECTION_ERRORS as exc:
                 log.debug("heartbeat_skipped", worker=self.name, error=str(exc))
             await anyio.sleep(self.heartbeat_interval)

@@ -138,7 +138,17 @@ class Stats:
     reclaimed: int = 0
     undecodable: int = 0
     reconnects: int = 0
-    handler_seconds: list[float] = field(default_factory=list, repr=False)
+    #: Handler durations: the most recent 10,000, and those since ``take_interval()``.
+    handler_seconds: deque[float] = field(default_factory=lambda: deque(maxlen=10_000),
+                                          repr=False)
+    interval_seconds: list[float] = field(default_factory=list, repr=False)
+    interval_failed: int = 0
+
+    def take_interval(self) -> tuple[list[float], int]:
+        """Durations and failures since the last call (for per-heartbeat metrics)."""
+        taken, failed = self.interval_seconds, self.interval_failed
+        self.interval_seconds, self.interval_failed = [], 0
+        return taken, failed
 
 
 class Consumer:
@@ -458,8 +468,9 @@ class Consumer:
                                 decision_id or ""))
         finally:
             elapsed = time.perf_counter() - started
-            if len(self.stats.handler_seconds) < 10_000:
-                self.stats.handler_seconds.append(elapsed)
+            self.stats.handler_seconds.append(elapsed)
+            if len(self.stats.interval_seconds) < 100_000:
+                self.stats.interval_seconds.append(elapsed)
             self._running -= 1
             self.slots.give()
             self._start_ready()
@@ -482,6 +493,7 @@ class Consumer:
 
     def _fail(self, h: _Held, error_type: str, error: str) -> None:
         self.stats.failed += 1
+        self.stats.interval_failed += 1
         log.error("signal_dead_lettered", agent=self.agent, topic=h.topic,
                   signal_id=h.signal.id, attempts=h.attempt, error_type=error_type,
                   error=error[:500])

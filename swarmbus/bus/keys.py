@@ -7,8 +7,13 @@ Layout (``ns`` is ``Settings.namespace``)::
     ns:{t:TOPIC}:dlq               STREAM  dead letters of the topic
     ns:{t:TOPIC}:subs              SET     agents subscribed to TOPIC (broadcast targets)
     ns:{t:TOPIC}:st:SIGNAL_ID      HASH    per-target status of one signal
+    ns:{t:TOPIC}:fence             STRING  highest janitor fencing token seen on the topic
     ns:heartbeats                  ZSET    "AGENT/CONSUMER" -> last heartbeat (ms)
     ns:heartbeat-records           HASH    "AGENT/CONSUMER" -> last heartbeat record (JSON)
+    ns:coordinator:lease           STRING  "HOLDER|TOKEN", the periodic-jobs lease
+    ns:coordinator:fence           STRING  fencing token counter
+    ns:coordinator:anomaly-state   HASH    "AGENT|METRIC" -> detector state (JSON)
+    ns:anomalies                   STREAM  detected anomalies
     ns:{a:AGENT}:stm               STREAM  decision and outcome events (the coordinator reads)
     ns:{a:AGENT}:dec:ID            HASH    one decision record (+ its outcome)
     ns:{a:AGENT}:decisions         ZSET    decision ids by creation time (ms)
@@ -26,6 +31,8 @@ Layout (``ns`` is ``Settings.namespace``)::
     ns:{a:AGENT}:shared            ZSET    "OWNER~PATTERN" shared with this agent, by confidence
     ns:{a:AGENT}:applied           ZSET    STM events already folded into patterns
     ns:{a:AGENT}:profile           STRING  pattern features and bins (JSON)
+    ns:{a:AGENT}:types             SET     decision types the agent ever recorded
+    ns:{a:AGENT}:metrics           STREAM  per-heartbeat handler metrics of the agent
 
 All keys of one topic share the hash tag ``{t:TOPIC}`` and all keys of one agent's
 memory share ``{a:AGENT}``: every multi-key script stays inside one cluster slot.
@@ -80,6 +87,7 @@ class TopicKeys:
     dlq: str
     subs: str
     status_prefix: str
+    fence: str
 
     def status(self, signal_id: str) -> str:
         return self.status_prefix + signal_id
@@ -151,6 +159,14 @@ class AgentKeys:
     def profile(self) -> str:
         return self.prefix + "profile"
 
+    @property
+    def types(self) -> str:
+        return self.prefix + "types"
+
+    @property
+    def metrics(self) -> str:
+        return self.prefix + "metrics"
+
 
 class Keys:
     """Key builder for one namespace."""
@@ -174,7 +190,8 @@ class Keys:
         if cached is None:
             check_topic(topic)
             base = f"{self.namespace}:{{t:{topic}}}:"
-            cached = TopicKeys(topic, base + "stream", base + "dlq", base + "subs", base + "st:")
+            cached = TopicKeys(topic, base + "stream", base + "dlq", base + "subs", base + "st:",
+                               base + "fence")
             self._topics[topic] = cached
         return cached
 
@@ -201,6 +218,34 @@ class Keys:
     @property
     def heartbeat_records(self) -> str:
         return f"{self.namespace}:heartbeat-records"
+
+    @property
+    def lease(self) -> str:
+        return f"{self.namespace}:coordinator:lease"
+
+    @property
+    def fence(self) -> str:
+        return f"{self.namespace}:coordinator:fence"
+
+    @property
+    def anomaly_state(self) -> str:
+        return f"{self.namespace}:coordinator:anomaly-state"
+
+    @property
+    def anomalies(self) -> str:
+        return f"{self.namespace}:anomalies"
+
+    def memory_pattern(self) -> str:
+        """SCAN pattern matching every agent's STM stream of the namespace."""
+        return f"{self.namespace}:{{a:*}}:stm"
+
+    def agent_of_stm(self, key: str) -> str | None:
+        prefix = f"{self.namespace}:{{a:"
+        if key.startswith(prefix) and key.endswith("}:stm"):
+            agent = key[len(prefix) : -len("}:stm")]
+            if _AGENT.fullmatch(agent):
+                return agent
+        return None
 
     def agent(self, agent: str) -> str:
         """Prefix of every key of one agent's memory (hash tag ``{a:AGENT}``)."""

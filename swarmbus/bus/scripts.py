@@ -267,9 +267,11 @@ async def run_many(
 
 # DECIDE — record one decision.
 # KEYS: 1 record, 2 time index, 3 type index, 4 STM stream, 5 minute rollup, 6 hour rollup,
-#       7 children set of the parent (same agent) or an unused key of the agent's slot
+#       7 children set of the parent (same agent) or an unused key of the agent's slot,
+#       8 the agent's set of decision types
 # ARGV: 1 id, 2 created ms, 3 type, 4 record JSON, 5 retention ms, 6 confidence or '',
-#       7 parent id or '', 8 rollup ttl ms
+#       7 parent id or '', 8 rollup ttl ms, 9 '1' to append the STM event ('0' when
+#       restoring a backup: the patterns are restored as they were, not re-learned)
 # Atomic: record, both indexes, parent link, STM event and rollups, or nothing (an id
 # already recorded is a no-op: handler re-runs derive the same id). Index entries past
 # retention are dropped on the way. Returns 1 when recorded, 0 for a duplicate.
@@ -287,7 +289,10 @@ if ARGV[7] ~= '' then
   redis.call('SADD', KEYS[7], ARGV[1])
   redis.call('PEXPIRE', KEYS[7], ARGV[5])
 end
-redis.call('XADD', KEYS[4], '*', 'k', 'd', 'id', ARGV[1], 'r', ARGV[4])
+redis.call('SADD', KEYS[8], dtype)
+if ARGV[9] == '1' then
+  redis.call('XADD', KEYS[4], '*', 'k', 'd', 'id', ARGV[1], 'r', ARGV[4])
+end
 for i = 5, 6 do
   for _, t in ipairs({dtype, '*'}) do
     redis.call('HINCRBY', KEYS[i], t .. '|n', 1)
@@ -304,7 +309,7 @@ return 1
 # OUTCOME — record the outcome of one decision (once).
 # KEYS: 1 record, 2 STM stream, 3 minute rollup, 4 hour rollup (of the decision's creation)
 # ARGV: 1 id, 2 outcome JSON, 3 success '1'/'0', 4 quality or '', 5 latency bin or '',
-#       6 created ms the caller computed the rollup keys from
+#       6 created ms the caller computed the rollup keys from, 7 '1' to append the STM event
 # Atomic: outcome on the record, STM event (decision + outcome, all the coordinator needs)
 # and rollups. Returns 1 recorded, 0 already recorded (first outcome wins), -1 unknown
 # decision, -2 the rollup keys do not match the record's creation time.
@@ -316,7 +321,9 @@ if created ~= ARGV[6] then return -2 end
 local dtype = redis.call('HGET', KEYS[1], 'type')
 local record = redis.call('HGET', KEYS[1], 'r')
 redis.call('HSET', KEYS[1], 'o', ARGV[2])
-redis.call('XADD', KEYS[2], '*', 'k', 'o', 'id', ARGV[1], 'r', record, 'o', ARGV[2])
+if ARGV[7] == '1' then
+  redis.call('XADD', KEYS[2], '*', 'k', 'o', 'id', ARGV[1], 'r', record, 'o', ARGV[2])
+end
 for i = 3, 4 do
   for _, t in ipairs({dtype, '*'}) do
     redis.call('HINCRBY', KEYS[i], t .. '|on', 1)
@@ -450,4 +457,65 @@ redis.call('HSET', p, 'conf', string.format('%.17g', lb), 'updated', ARGV[10])
 for i = 2, 4 do redis.call('ZADD', KEYS[i], lb, ARGV[3]) end
 redis.call('XACK', KEYS[6], ARGV[2], eid)
 return 1
+""")
+
+# --- coordinator ------------------------------------------------------------------------
+
+# LEASE_ACQUIRE — take or renew the coordinators' job lease.
+# KEYS: 1 lease key, 2 fencing counter
+# ARGV: 1 holder name, 2 ttl ms
+# Atomic: a free lease is taken with a new fencing token (INCR); the holder renews its own
+# lease keeping its token. Returns the token held, or 0 when another replica holds it.
+LEASE_ACQUIRE = Script("lease_acquire", """
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local holder, token = string.match(cur, '^(.*)|(%d+)$')
+  if holder == ARGV[1] then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    return tonumber(token)
+  end
+  return 0
+end
+local token = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], ARGV[1] .. '|' .. token, 'PX', ARGV[2])
+return token
+""")
+
+# LEASE_RELEASE — give the lease up if still ours.
+# KEYS: 1 lease key; ARGV: 1 holder name, 2 token
+LEASE_RELEASE = Script("lease_release", """
+if redis.call('GET', KEYS[1]) == ARGV[1] .. '|' .. ARGV[2] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+""")
+
+# JANITOR_TOPIC — expire what is owed past its expiry, then trim the stream before MINID.
+# KEYS: 1 stream, 2 the topic's fence key, 3..n+2 the status hash of each expired entry
+# ARGV: 1 fencing token, 2 now ms, 3 MINID (first entry to keep), then the n entry ids
+# Atomic per call: a janitor whose token is older than one already seen on this topic
+# does nothing (-1). Otherwise every target of each entry that is not terminal becomes
+# 'expired' and the entry is acked in that target's group, and only then is the stream
+# trimmed: no owed entry is ever trimmed without its status saying so. Returns the number
+# of entries trimmed.
+JANITOR_TOPIC = Script("janitor_topic", _STATUS_LIB + """
+local seen = tonumber(redis.call('GET', KEYS[2]) or '0')
+if tonumber(ARGV[1]) < seen then return -1 end
+redis.call('SET', KEYS[2], ARGV[1])
+for i = 3, #KEYS do
+  local eid = ARGV[i + 1]
+  local h = redis.call('HGETALL', KEYS[i])
+  for j = 1, #h, 2 do
+    local target = h[j]
+    if target ~= '_e' then
+      local s, a = parse(h[j + 1])
+      if not terminal(s) then
+        redis.call('HSET', KEYS[i], target,
+          pack('x', a, ARGV[2], 'janitor', '', 'expired before it was processed'))
+      end
+      pcall(redis.call, 'XACK', KEYS[1], target, eid)
+    end
+  end
+end
+return redis.call('XTRIM', KEYS[1], 'MINID', ARGV[3])
 """)
