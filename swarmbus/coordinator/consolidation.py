@@ -22,7 +22,7 @@ from ..bus import scripts
 if TYPE_CHECKING:
     from ..bus.connection import Bus
 
-__all__ = ["GROUP", "consolidate", "ensure_group"]
+__all__ = ["GROUP", "consolidate", "ensure_group", "fold_entries", "reclaim"]
 
 log = structlog.get_logger(__name__)
 
@@ -61,8 +61,43 @@ def _fold_call(
     return scripts.FOLD, keys, args
 
 
-async def consolidate(bus: Bus, agent: str, consumer: str, *, count: int = 500,
-                      pending: bool = False) -> int:
+async def fold_entries(
+    bus: Bus, agent: str, entries: list[tuple[bytes, dict[bytes, bytes] | None]]
+) -> int:
+    """Fold STM entries read for the coordinators' group; returns outcomes folded.
+
+    Decision events and unreadable events are only acked (an unreadable one is logged:
+    there is nothing to learn from it, and it must not block the stream).
+    """
+    stm = bus.keys.memory(agent).stm
+    calls = []
+    plain: list[bytes] = []
+    for raw_id, fields in entries:
+        if not fields:
+            plain.append(raw_id)  # trimmed while pending: nothing to fold
+            continue
+        try:
+            call = _fold_call(bus, agent, raw_id.decode(), fields)
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:
+            log.error("stm_event_unreadable", agent=agent, entry_id=raw_id.decode(),
+                      error=str(exc))
+            plain.append(raw_id)
+            continue
+        if call is None:
+            plain.append(raw_id)
+        else:
+            calls.append(call)
+    for result in await scripts.run_many(bus.redis, calls):
+        if isinstance(result, Exception):
+            raise result
+    if plain:
+        await bus.redis.xack(stm, GROUP, *plain)
+    return len(calls)
+
+
+async def consolidate(
+    bus: Bus, agent: str, consumer: str, *, count: int = 500, pending: bool = False
+) -> int:
     """Read up to ``count`` STM events of ``agent`` and fold them; returns events handled.
 
     :param pending: re-read this consumer's own unacked events (after a restart) instead
@@ -72,30 +107,17 @@ async def consolidate(bus: Bus, agent: str, consumer: str, *, count: int = 500,
     reply = await bus.redis.xreadgroup(GROUP, consumer, {stm: "0" if pending else ">"},
                                        count=count)
     entries = reply[0][1] if reply else []
-    if not entries:
-        return 0
-    calls = []
-    plain: list[bytes] = []
-    bad: list[bytes] = []
-    for raw_id, fields in entries:
-        if not fields:
-            plain.append(raw_id)  # trimmed while pending: nothing to fold
-            continue
-        try:
-            call = _fold_call(bus, agent, raw_id.decode(), fields)
-        except (KeyError, ValueError, TypeError, orjson.JSONDecodeError) as exc:
-            log.error("stm_event_unreadable", agent=agent, entry_id=raw_id.decode(),
-                      error=str(exc))
-            bad.append(raw_id)
-            continue
-        if call is None:
-            plain.append(raw_id)
-        else:
-            calls.append(call)
-    results = await scripts.run_many(bus.redis, calls)
-    for result in results:
-        if isinstance(result, Exception):
-            raise result
-    if plain or bad:
-        await bus.redis.xack(stm, GROUP, *plain, *bad)
+    if entries:
+        await fold_entries(bus, agent, entries)
+    return len(entries)
+
+
+async def reclaim(bus: Bus, agent: str, consumer: str, *, min_idle: float,
+                  count: int = 500) -> int:
+    """Take over and fold events a dead coordinator replica read but never folded."""
+    stm = bus.keys.memory(agent).stm
+    _, entries, *_ = await bus.redis.xautoclaim(stm, GROUP, consumer, int(min_idle * 1000),
+                                                start_id="0-0", count=count)
+    if entries:
+        await fold_entries(bus, agent, entries)
     return len(entries)
