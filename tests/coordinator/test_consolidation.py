@@ -17,6 +17,7 @@ from swarmbus.agents.patterns import pattern_id, wilson_lower_bound
 from swarmbus.coordinator import Coordinator
 from swarmbus.coordinator.consolidation import GROUP
 from swarmbus.testing import RedisProcess
+from tests.support import eventually
 
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parents[2]
@@ -114,9 +115,7 @@ async def test_consolidation_in_process_matches_recomputation(make_bus) -> None:
     coordinator = Coordinator(bus, poll=0.01)
     async with anyio.create_task_group() as tg:
         await tg.start(coordinator.run)
-        with anyio.fail_after(30):
-            while not await all_folded(bus):
-                await anyio.sleep(0.05)
+        await eventually(lambda: all_folded(bus), timeout=30)
         coordinator.stop()
     assert coordinator.folded == 1200  # 600 decision events + 600 outcome events
     assert_same(await learned(bus), await recomputed(bus))
@@ -139,9 +138,7 @@ async def test_sigkill_at_random_points_never_double_counts(
                 mid_run += not await all_folded(bus)
                 procs[victim].kill()  # SIGKILL mid-consolidation
                 procs[victim] = Proc(redis_server.url, namespace, f"coord-{victim}")
-            with anyio.fail_after(120):
-                while not await all_folded(bus):
-                    await anyio.sleep(0.1)
+            await eventually(lambda: all_folded(bus), timeout=120, interval=0.1)
         finally:
             for p in procs:
                 p.kill()
