@@ -118,7 +118,9 @@ async def trim_memory(bus: Bus, agent: str, report: JanitorReport) -> None:
         if watermark is not None:
             horizon = f"{now_ms - int(settings.stm_ttl * 1000)}-0"
             minid = _older(watermark, horizon)
-            report.stm_entries_trimmed += int(await bus.redis.xtrim(k.stm, minid=minid))
+            report.stm_entries_trimmed += int(
+                await bus.redis.xtrim(k.stm, minid=minid, approximate=False)
+            )
             await bus.redis.zremrangebyscore(k.applied, "-inf", f"({minid.split('-')[0]}")
     retention_floor = now_ms - int(settings.decision_retention * 1000)
     types = await bus.redis.smembers(k.types)
@@ -165,7 +167,8 @@ async def sweep(
             return report
         floor = int((time.time() - dlq_retention) * 1000)
         report.dead_letters_trimmed += int(
-            await bus.redis.xtrim(bus.keys.topic(topic).dlq, minid=f"{floor}-0")
+            await bus.redis.xtrim(bus.keys.topic(topic).dlq, minid=f"{floor}-0",
+                                  approximate=False)
         )
     for agent in agents:
         await trim_memory(bus, agent, report)
