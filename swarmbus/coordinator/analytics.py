@@ -1,14 +1,18 @@
 """Analytics: per-agent figures and rolling z-score anomaly detection.
 
-Two metrics per agent are watched: ``handler_latency`` (the mean handler time of each
-heartbeat interval, from the workers' metrics streams) and ``decision_quality`` (the mean
+Two metrics per agent are watched: ``handler_latency`` (the median handler time of each
+heartbeat interval, from the workers' metrics streams: a few stalled handlers do not move
+it) and ``decision_quality`` (the mean
 quality of the outcomes of each completed minute, from the memory rollups). For each, the
 last ``window`` normal samples form the baseline; a sample further than ``threshold``
-standard deviations from its mean (the deviation floored at 5 % of the mean, so a very
-steady baseline does not flag jitter) starts an *episode*: one anomaly is recorded and
-one ``ANOMALY_DETECTED`` signal published. The episode ends when a sample is normal again;
-if it lasts ``adapt_after`` samples, the new level becomes the baseline without a second
-alarm. Detector state lives in Redis, so a restarted coordinator carries on.
+standard deviations from its mean in the bad direction (slower, lower quality; the
+deviation floored at 25 % of the mean, so a very steady baseline does not flag jitter:
+with the default threshold a latency must rise to 1.75x its baseline to count)
+starts an *episode*: one anomaly is recorded and
+one ``ANOMALY_DETECTED`` signal published. The episode ends after ``end_after`` normal
+samples in a row (so the mixed samples at the edges of a change do not raise a second
+alarm); if it lasts ``adapt_after`` anomalous samples, the new level becomes the baseline
+without a second alarm. Detector state lives in Redis, so a restarted coordinator carries on.
 """
 
 from __future__ import annotations
@@ -28,13 +32,17 @@ if TYPE_CHECKING:
 
 __all__ = ["AgentStats", "Anomaly", "Detector", "anomalies", "report", "tick"]
 
-METRICS = ("handler_latency", "decision_quality")
+#: The deviation used for z is at least this fraction of the baseline mean.
+RELATIVE_FLOOR = 0.25
+#: Metric -> the direction that is bad: a faster handler or better decisions are no alarm.
+METRICS = {"handler_latency": 1, "decision_quality": -1}
 
 
 class Detector(BaseModel):
     history: list[float] = Field(default_factory=list)
     recent: list[float] = Field(default_factory=list)
     episode: bool = False
+    calm: int = 0
     cursor: str = "0-0"
 
 
@@ -60,17 +68,23 @@ def observe(
     min_history: int,
     window: int = 30,
     adapt_after: int = 20,
+    end_after: int = 3,
+    direction: int = 0,
 ) -> list[Anomaly]:
-    """Feed samples in order; returns the anomalies that started an episode."""
+    """Feed samples in order; returns the anomalies that started an episode.
+
+    :param direction: 1 flags only rises, -1 only drops, 0 both.
+    """
     found: list[Anomaly] = []
     for x in samples:
         if len(detector.history) >= min_history:
             mean = statistics.fmean(detector.history)
             std = statistics.pstdev(detector.history)
-            scale = max(std, 0.05 * abs(mean), 1e-9)
+            scale = max(std, RELATIVE_FLOOR * abs(mean), 1e-9)
             z = (x - mean) / scale
-            if abs(z) > threshold:
+            if (z if direction > 0 else -z if direction < 0 else abs(z)) > threshold:
                 detector.recent.append(x)
+                detector.calm = 0
                 if not detector.episode:
                     detector.episode = True
                     found.append(Anomaly(agent=agent, metric=metric, value=x, mean=mean,
@@ -79,8 +93,10 @@ def observe(
                     detector.history = detector.recent[-window:]
                     detector.recent, detector.episode = [], False
                 continue
-            detector.episode = False
-            detector.recent = []
+            if detector.episode:  # hysteresis: a lone normal sample does not end it
+                detector.calm += 1
+                if detector.calm >= end_after:
+                    detector.episode, detector.recent, detector.calm = False, [], 0
         detector.history = [*detector.history, x][-window:]
     return found
 
@@ -94,8 +110,8 @@ async def _latency_samples(bus: Bus, agent: str, detector: Detector) -> list[flo
     out = []
     for _, fields in entries:
         m = IntervalMetrics.model_validate_json(fields[b"m"])
-        if m.mean_ms is not None:
-            out.append(m.mean_ms)
+        if m.p50_ms is not None:
+            out.append(m.p50_ms)
     return out
 
 
@@ -124,12 +140,12 @@ async def tick(
     states = {k.decode(): Detector.model_validate_json(v) for k, v in raw.items()}
     found: list[Anomaly] = []
     for agent in agents:
-        for metric in METRICS:
+        for metric, direction in METRICS.items():
             detector = states.setdefault(f"{agent}|{metric}", Detector())
             sampler = _latency_samples if metric == "handler_latency" else _quality_samples
             samples = await sampler(bus, agent, detector)
             found += observe(detector, samples, agent=agent, metric=metric,
-                             threshold=threshold, min_history=min_history)
+                             threshold=threshold, min_history=min_history, direction=direction)
     if states:
         await bus.redis.hset(key, mapping={k: v.model_dump_json() for k, v in states.items()})
     if found:

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from swarmbus import ConfigurationError
-from swarmbus.bus.keys import Keys, TopicKeys, check_agent, check_topic
+from swarmbus.bus.keys import AgentKeys, Keys, TopicKeys, check_agent, check_topic
 from swarmbus.bus.signal import AGENT_NAME, TOPIC_NAME, new_id
 
 PROPERTY = settings(max_examples=200, deadline=None)
@@ -31,7 +31,29 @@ def hash_tag(key: str) -> str:
 
 def topic_key_set(keys: Keys, topic: str, signal_id: str) -> list[str]:
     t = keys.topic(topic)
-    return [t.stream, t.dlq, t.subs, t.status(signal_id), t.status_prefix]
+    return [t.stream, t.dlq, t.subs, t.status(signal_id), t.status_prefix, t.fence]
+
+
+def agent_key_set(keys: Keys, agent: str) -> list[str]:
+    """Every key of one agent's memory, found by introspection of ``AgentKeys``."""
+    a = keys.memory(agent)
+    found = []
+    for name in dir(a):
+        if name.startswith("_") or name in {"agent", "prefix"}:
+            continue
+        value = getattr(a, name)
+        if callable(value):
+            value = value(*["x"] * len(inspect.signature(value).parameters))
+        found.append(value)
+    return found
+
+
+@PROPERTY
+@given(namespaces, agents)
+def test_every_memory_key_of_an_agent_shares_one_hash_tag(namespace: str, agent: str) -> None:
+    all_keys = agent_key_set(Keys(namespace), agent)
+    assert {hash_tag(key) for key in all_keys} == {f"a:{agent}"}
+    assert len(set(all_keys)) == len(all_keys) > 15
 
 
 @PROPERTY
@@ -50,15 +72,17 @@ def every_key(keys: Keys, topic: str) -> list[str]:
     """
     found: list[str] = []
     for name in dir(keys):
-        if name.startswith("_") or name in {"namespace", "topic_of_stream"}:
+        if name.startswith("_") or name in {"namespace", "topic_of_stream", "agent_of_stm"}:
             continue
         value = getattr(keys, name)
         if callable(value):
             arity = len(inspect.signature(value).parameters)
-            arg = {"topic": topic, "agent": "risk"}.get(name, "risk/host:1:abc")
+            arg = {"topic": topic, "agent": "risk", "memory": "risk"}.get(name, "risk/host:1:abc")
             value = value(*[arg] * arity)
         if isinstance(value, TopicKeys):
             found += topic_key_set(keys, value.topic, "sig-1")
+        elif isinstance(value, AgentKeys):
+            found += agent_key_set(keys, value.agent)
         elif isinstance(value, str):
             found.append(value)
         else:
