@@ -121,7 +121,11 @@ class Bus:
         return f"<Bus {self.settings.masked_url} namespace={self.settings.namespace!r}>"
 
     async def __aenter__(self) -> Self:
-        await self.ping()
+        try:
+            await self.ping()
+        except BaseException:
+            await self.close()
+            raise
         return self
 
     async def __aexit__(
@@ -216,6 +220,12 @@ class Bus:
         from .dlq import dead_letters
 
         return await dead_letters(self, topic, limit=limit)
+
+    async def dead_letter(self, topic: str, dead_letter_id: str) -> DeadLetter:
+        """One dead letter by its id; ``NotFound`` if there is none."""
+        from .dlq import dead_letter
+
+        return await dead_letter(self, topic, dead_letter_id)
 
     async def replay_dead_letters(
         self,

@@ -441,9 +441,7 @@ class Consumer:
         htg = self._htg
         while htg is not None and self._ready and self.slots.free > 0:
             if self._stopping:
-                # Not started: leave them pending for another consumer.
-                self._ready.clear()
-                return
+                return  # not started: _release() hands them back
             h = self._ready.popleft()
             self._running += 1
             self.slots.take()
@@ -681,9 +679,36 @@ class Consumer:
 
     # -- shutdown -------------------------------------------------------------------------
 
+    async def _release(self) -> None:
+        """Hand entries read but never started back at once.
+
+        They stay in this consumer's pending list (only a live consumer can take them),
+        with their idle time set past ``claim_idle`` so the next reclaim pass of any
+        live consumer takes them instead of waiting for them to age.
+        """
+        waiting = [*self._ready, *(h for _, _, h in self._retries)]
+        self._ready.clear()
+        self._retries.clear()
+        if not waiting:
+            return
+        idle = int(self.bus.settings.claim_idle * 1000) + 1
+        by_topic: dict[str, list[str]] = {}
+        for h in waiting:
+            by_topic.setdefault(h.topic, []).append(h.entry_id)
+            self._held.pop(h.entry_id, None)
+        try:
+            async with self.bus.redis.pipeline(transaction=False) as pipe:
+                for topic, ids in by_topic.items():
+                    pipe.xclaim(self.bus.keys.topic(topic).stream, self.agent, self.name, 0,
+                                ids, idle=idle, justid=True)
+                await pipe.execute()
+        except _CONNECTION_ERRORS as exc:  # they will age into reclaim anyway
+            log.warning("release_failed", consumer=self.name, error=str(exc))
+
     async def _drain(self, htg: TaskGroup) -> None:
         """Give running handlers the grace period, then cancel what is left."""
-        self._ready.clear()
+        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+            await self._release()
         grace = self.bus.settings.shutdown_grace
         with anyio.move_on_after(grace):
             while self._running:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from ..errors import DecodeError
+from ..errors import DecodeError, NotFound
 from . import scripts
 from .codec import decode, entry_signal_id
 from .keys import check_topic
@@ -21,7 +21,7 @@ from .status import DeadLetter
 if TYPE_CHECKING:
     from .connection import Bus
 
-__all__ = ["dead_letters", "purge_dead_letters", "replay_dead_letters"]
+__all__ = ["dead_letter", "dead_letters", "purge_dead_letters", "replay_dead_letters"]
 
 _META = b"dlq."
 _RAW_PREVIEW = 4096
@@ -64,6 +64,16 @@ async def dead_letters(bus: Bus, topic: str, *, limit: int = 100) -> list[DeadLe
     with bus.errors():
         entries = await bus.redis.xrange(bus.keys.topic(topic).dlq, count=max(limit, 1))
     return [_parse(bus, topic, eid, fields) for eid, fields in entries]
+
+
+async def dead_letter(bus: Bus, topic: str, dead_letter_id: str) -> DeadLetter:
+    check_topic(topic)
+    with bus.errors():
+        found = await bus.redis.xrange(bus.keys.topic(topic).dlq, dead_letter_id,
+                                       dead_letter_id)
+    if not found:
+        raise NotFound(f"no dead letter {dead_letter_id!r} on topic {topic!r}")
+    return _parse(bus, topic, found[0][0], found[0][1])
 
 
 async def replay_dead_letters(

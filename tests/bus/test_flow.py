@@ -420,3 +420,24 @@ async def _noop(signal: Signal, delivery: Delivery) -> None:
 
 async def _async(value: object) -> object:
     return value
+
+
+async def test_entries_waiting_for_a_retry_are_handed_back_at_once_on_stop(make_bus) -> None:
+    bus = await make_bus(claim_idle=30, retry_backoff=60)  # neither would fire in this test
+    calls: list[str] = []
+
+    async def flaky(signal: Signal, delivery: Delivery) -> None:
+        calls.append(delivery.consumer)
+        if delivery.consumer == "first":
+            raise RuntimeError("try again later")
+
+    first = bus.consumer("risk", {"WHALE_ACTIVITY": flaky}, consumer_name="first")
+    async with running(first):
+        signal_id = await bus.publish(sig(targets=["risk"]))
+        await eventually(lambda: _async(first.stats.retried == 1))
+    second = bus.consumer("risk", {"WHALE_ACTIVITY": flaky}, consumer_name="second")
+    async with running(second):
+        with anyio.fail_after(5):
+            status = await bus.wait(signal_id, timeout=5)
+    assert calls == ["first", "second"]
+    assert status.targets["risk"].state is StatusState.processed
