@@ -16,6 +16,7 @@ from .bus import SignalStatus as SignalStatus
 from .bus import StatusState as StatusState
 from .bus import TargetStatus as TargetStatus
 from .bus import connect as connect
+from .coordinator import Coordinator as Coordinator
 from .errors import BusConnectionError as BusConnectionError
 from .errors import BusResponseError as BusResponseError
 from .errors import ConfigurationError as ConfigurationError
@@ -45,6 +46,7 @@ __all__ = [
     "Conflict",
     "Consumer",
     "Context",
+    "Coordinator",
     "DeadLetter",
     "DecodeError",
     "Delivery",

@@ -1,7 +1,8 @@
-"""``swarmbus demo``: the reference trading fleet, live, in one process.
+"""``swarmbus demo``: the reference trading fleet and a coordinator, live, in one process.
 
-Runs ``examples/trading.py`` (market feed, three agents) on the embedded backend, or on
-a real Redis with ``--redis``, shows a live view, then prints a summary.
+Runs ``examples/trading.py`` (market feed, three agents) and a ``Coordinator`` on the
+embedded backend, or on a real Redis with ``--redis``, shows a live view, then prints a
+summary with what the fleet decided and the patterns it learned.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from rich.text import Text
 from .agents.worker import Worker
 from .bus.connection import Bus, connect
 from .bus.signal import Signal
-from .coordinator.consolidation import consolidate, ensure_group
+from .coordinator.consolidation import consolidate
+from .coordinator.service import Coordinator
 from .errors import ConfigurationError
 from .logging import configure_logging
 from .settings import Settings
@@ -129,25 +131,18 @@ async def _watch(bus: Bus, view: _View) -> None:
         view.seen(signal)
 
 
-async def _learn(bus: Bus, agents: list[str]) -> None:
-    """Fold the fleet's outcomes into patterns as they come in, like a coordinator."""
-    for agent in agents:
-        await ensure_group(bus, agent)
-    while True:
-        for agent in agents:
-            while await consolidate(bus, agent, "demo"):
-                pass
-        await anyio.sleep(0.25)
 
 
 async def run_demo(bus: Bus, seconds: float, console: Console) -> _View:
     """Run fleet + feed for ``seconds`` (or until Ctrl-C) with a live view."""
     trading = load_fleet()
     worker = Worker(bus, trading.fleet, heartbeat_interval=1.0)
+    coordinator = Coordinator(bus, name="demo-coordinator", poll=0.1, discover_every=0.5,
+                              checkpoint_every=5, janitor_every=30, analytics_every=1)
     view = _View(worker, seconds)
     async with anyio.create_task_group() as tg:
         tg.start_soon(_watch, bus, view)
-        tg.start_soon(_learn, bus, [a.name for a in trading.fleet])
+        await tg.start(coordinator.run)
         async with anyio.create_task_group() as running:
             await running.start(worker.run)
             async with anyio.create_task_group() as feeding:
@@ -157,8 +152,8 @@ async def run_demo(bus: Bus, seconds: float, console: Console) -> _View:
                 feeding.cancel_scope.cancel()
             worker.stop()  # graceful: in-flight handlers finish, worker.run returns
         tg.cancel_scope.cancel()
-    for agent in trading.fleet:  # fold what arrived after the last pass
-        while await consolidate(bus, agent.name, "demo"):
+    for agent in trading.fleet:  # fold what arrived after the coordinator's last pass
+        while await consolidate(bus, agent.name, coordinator.name):
             pass
     return view
 

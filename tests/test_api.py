@@ -19,6 +19,7 @@ PUBLIC = [
     "Conflict",
     "Consumer",
     "Context",
+    "Coordinator",
     "DeadLetter",
     "DecodeError",
     "Delivery",
