@@ -14,7 +14,7 @@ import anyio
 
 from swarmbus.logging import configure_logging
 
-from . import bus, memory
+from . import bus, coordinator, memory
 from .common import environment, redis_url, table, write_json
 
 
@@ -24,7 +24,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller runs, 1 repeat")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", type=Path, default=Path("bench/results/latest.json"))
-    parser.add_argument("--only", choices=["bus", "memory"], help="run one group of workloads")
+    parser.add_argument("--only", choices=["bus", "memory", "coordinator"],
+                        help="run one group of workloads")
     args = parser.parse_args()
     configure_logging("console", "warning")
     repeats = 1 if args.quick else args.repeats
@@ -32,7 +33,7 @@ def main() -> None:
     with redis_url(args.redis) as url:
         env = environment(url)
         figures = []
-        for name, group in (("bus", bus), ("memory", memory)):
+        for name, group in (("bus", bus), ("memory", memory), ("coordinator", coordinator)):
             if args.only in (None, name):
                 figures += anyio.run(group.run, url, args.quick, repeats)
     print(table(figures))
