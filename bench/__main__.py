@@ -14,7 +14,7 @@ import anyio
 
 from swarmbus.logging import configure_logging
 
-from . import bus, coordinator, memory
+from . import bus, coordinator, e2e, memory
 from .common import environment, redis_url, table, write_json
 
 
@@ -24,7 +24,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller runs, 1 repeat")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", type=Path, default=Path("bench/results/latest.json"))
-    parser.add_argument("--only", choices=["bus", "memory", "coordinator"],
+    parser.add_argument("--only", choices=["bus", "e2e", "memory", "coordinator"],
                         help="run one group of workloads")
     args = parser.parse_args()
     configure_logging("console", "warning")
@@ -36,6 +36,8 @@ def main() -> None:
         for name, group in (("bus", bus), ("memory", memory), ("coordinator", coordinator)):
             if args.only in (None, name):
                 figures += anyio.run(group.run, url, args.quick, repeats)
+        if args.only in (None, "e2e"):
+            figures += e2e.run(url, args.quick, repeats)
     print(table(figures))
     write_json(args.json, env, figures)
     print(f"\n{env} - {time.perf_counter() - started:.0f} s; JSON in {args.json}")

@@ -19,18 +19,33 @@ from rich.console import Console
 from rich.text import Text
 
 from .agents import Heartbeat
+from .agents.decisions import Decision, DecisionStats
+from .agents.patterns import Pattern
+from .agents.state import Checkpoint, State
 from .bus import DeadLetter, GroupInfo, Signal, SignalStatus
+from .coordinator import AgentStats, Anomaly, HeldWork
 
 __all__ = [
+    "agent_stats_table",
+    "anomalies_table",
+    "chain_table",
+    "checkpoints_table",
     "dead_letter_lines",
     "dead_letters_table",
+    "decision_lines",
+    "decision_stats_table",
+    "decisions_table",
     "groups_table",
     "heartbeats_table",
+    "held_work_table",
     "json_line",
     "make_console",
+    "pattern_lines",
+    "patterns_table",
     "short_json",
     "shorten",
     "signal_line",
+    "state_lines",
     "status_lines",
     "table",
 ]
@@ -214,3 +229,182 @@ def dead_letter_lines(dl: DeadLetter) -> list[Text]:
         body = json.dumps(dl.raw or {}, indent=2, ensure_ascii=False)
     lines.extend(Text(line) for line in body.splitlines())
     return lines
+
+
+# -- memory --------------------------------------------------------------------------------
+
+
+def _num(value: float | None, fmt: str = ".3f") -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.1f}%"
+
+
+def _pairs(pairs: Sequence[tuple[str, Cell]], width: int = 12) -> list[Text]:
+    return [Text.assemble((f"{k + ':':<{width}}", "dim"), v) for k, v in pairs]
+
+
+def _json_block(title: str, data: Any) -> list[Text]:
+    body = json.dumps(data, indent=2, ensure_ascii=False, default=str)
+    return [Text(title + ":", style="dim"), *(Text(line) for line in body.splitlines())]
+
+
+def _outcome(decision: Decision) -> Text:
+    if decision.outcome is None:
+        return Text("-", style="dim")
+    if decision.outcome.success:
+        return Text("success", style="green")
+    return Text("failed", style="bold red")
+
+
+def _decision_row(d: Decision) -> list[Cell]:
+    o = d.outcome
+    return [
+        d.id, d.decision_type, _when(d.created_at), ",".join(d.reasoning.selected) or "-",
+        _num(d.reasoning.confidence, ".2f"), _outcome(d),
+        _num(o.quality_score if o else None, ".2f"),
+        "-" if o is None or o.latency_ms is None else f"{o.latency_ms:.1f}ms",
+        short_json(d.context, 40),
+    ]
+
+
+_DECISION_HEADERS = ["ID", "TYPE", "CREATED", "SELECTED", "CONF", "OUTCOME", "QUALITY",
+                     "LATENCY", "CONTEXT"]
+
+
+def decisions_table(decisions: Sequence[Decision]) -> list[Text]:
+    """Newest first, as the library returns them."""
+    return table(_DECISION_HEADERS, [_decision_row(d) for d in decisions])
+
+
+def chain_table(chain: Sequence[Decision], focus: str) -> list[Text]:
+    """Ancestors, the decision (``>``), descendants; with each one's parent."""
+    rows: list[list[Cell]] = []
+    seen_focus = False
+    for d in chain:
+        if d.id == focus:
+            seen_focus = True
+            role = Text("> this", style="bold")
+        else:
+            role = Text("descendant" if seen_focus else "ancestor", style="dim")
+        rows.append([role, *_decision_row(d)[:6], d.parent_decision_id or "-"])
+    return table(["ROLE", *_DECISION_HEADERS[:6], "PARENT"], rows)
+
+
+def decision_lines(d: Decision) -> list[Text]:
+    """Every field of one decision; context, reasoning and outcome as JSON."""
+    o = d.outcome
+    pairs: list[tuple[str, Cell]] = [
+        ("id", d.id), ("agent", d.agent + (f" {d.agent_version}" if d.agent_version else "")),
+        ("type", d.decision_type), ("created", _when(d.created_at)),
+        ("signal", d.signal_id or "-"), ("parent", d.parent_decision_id or "-"),
+        ("selected", ", ".join(d.reasoning.selected) or "-"),
+        ("confidence", _num(d.reasoning.confidence, ".2f")),
+        ("conditions", " ".join(f"{k}={v}" for k, v in d.conditions.items()) or "-"),
+        ("outcome", _outcome(d)),
+    ]
+    if o is not None:
+        pairs += [("quality", _num(o.quality_score, ".2f")),
+                  ("latency", "-" if o.latency_ms is None else f"{o.latency_ms:.1f}ms"),
+                  ("recorded", _when(o.recorded_at)),
+                  ("errors", "; ".join(o.errors) or "-")]
+    lines = _pairs(pairs)
+    lines += _json_block("context", d.context)
+    lines += _json_block("reasoning", d.reasoning.model_dump(mode="json"))
+    if o is not None and (o.data or o.signals_generated):
+        lines += _json_block("outcome data", {"data": o.data,
+                                              "signals_generated": o.signals_generated})
+    return lines
+
+
+def decision_stats_table(stats: Sequence[DecisionStats]) -> list[Text]:
+    rows: list[list[Cell]] = [
+        [s.decision_type or "*", _when(s.window_start), str(s.count), str(s.outcomes),
+         _percent(s.success_rate), _num(s.mean_confidence), _num(s.mean_quality),
+         _num(s.latency_p50_ms, ".1f"), _num(s.latency_p95_ms, ".1f")]
+        for s in stats
+    ]
+    return table(["TYPE", "SINCE", "DECISIONS", "OUTCOMES", "SUCCESS", "CONFIDENCE", "QUALITY",
+                  "P50 MS", "P95 MS"], rows)
+
+
+def _status(pattern: Pattern) -> Text:
+    return Text(pattern.status, style="green" if pattern.status == "active" else "yellow")
+
+
+def patterns_table(patterns: Sequence[Pattern], agent: str) -> list[Text]:
+    """By confidence; an OWNER column only when shared patterns of other agents show."""
+    foreign = any(p.agent != agent for p in patterns)
+    rows: list[list[Cell]] = []
+    for p in patterns:
+        row: list[Cell] = [p.id, p.decision_type, f"{p.confidence:.3f}", _status(p),
+                           str(p.sample_size), _percent(p.success_rate), _num(p.mean_quality)]
+        rows.append([*row, p.agent, p.description] if foreign else [*row, p.description])
+    headers = ["ID", "TYPE", "CONFIDENCE", "STATUS", "SAMPLES", "SUCCESS", "QUALITY"]
+    return table([*headers, *(["OWNER"] if foreign else []), "DESCRIPTION"], rows)
+
+
+def pattern_lines(p: Pattern) -> list[Text]:
+    pairs: list[tuple[str, Cell]] = [
+        ("id", p.id), ("agent", p.agent), ("type", p.decision_type),
+        ("conditions", " ".join(f"{k}={v}" for k, v in p.conditions.items()) or "-"),
+        ("choice", ", ".join(p.choice) or "-"), ("status", _status(p)),
+        ("confidence", f"{p.confidence:.3f}"), ("samples", str(p.sample_size)),
+        ("successes", str(p.successes)), ("success", _percent(p.success_rate)),
+        ("quality", _num(p.mean_quality)), ("variance", _num(p.quality_variance)),
+        ("version", str(p.version)), ("learned", _when(p.learned_at)),
+        ("updated", _when(p.last_updated)), ("shared with", ", ".join(p.shared_with) or "-"),
+        ("description", p.description),
+    ]
+    lines = _pairs(pairs, 13)
+    if p.user_metadata:
+        lines += _json_block("user metadata", p.user_metadata)
+    return lines
+
+
+def state_lines(agent: str, state: State) -> list[Text]:
+    lines = _pairs([("agent", agent), ("version", str(state.version)),
+                    ("updated at", _when(state.updated_at))])
+    return lines + _json_block("data", state.data)
+
+
+def checkpoints_table(checkpoints: Sequence[Checkpoint]) -> list[Text]:
+    rows: list[list[Cell]] = [
+        [c.id, c.label or "-", str(c.version), _when(c.created_at), short_json(c.data, 60)]
+        for c in checkpoints
+    ]
+    return table(["ID", "LABEL", "VERSION", "CREATED", "DATA"], rows)
+
+
+# -- coordinator ---------------------------------------------------------------------------
+
+
+def agent_stats_table(rows: Sequence[AgentStats]) -> list[Text]:
+    cells: list[list[Cell]] = [
+        [r.agent, r.decision_type or "*", str(r.decisions), _percent(r.success_rate),
+         _num(r.mean_quality), _num(r.handler_p50_ms, ".1f"), _num(r.handler_p95_ms, ".1f"),
+         f"{r.throughput_per_s:.{1 if r.throughput_per_s >= 10 else 3}f}"]
+        for r in rows
+    ]
+    return table(["AGENT", "TYPE", "DECISIONS", "SUCCESS", "QUALITY", "P50 MS", "P95 MS",
+                  "THROUGHPUT/S"], cells)
+
+
+def anomalies_table(found: Sequence[Anomaly]) -> list[Text]:
+    rows: list[list[Cell]] = [
+        [_when(a.at), a.agent, Text(a.metric, style="yellow"), f"{a.value:.3f}",
+         f"{a.mean:.3f}", f"{a.std:.3f}", f"{a.z:+.1f}"]
+        for a in found
+    ]
+    return table(["ANOMALY AT", "AGENT", "METRIC", "VALUE", "MEAN", "STD", "Z"], rows)
+
+
+def held_work_table(held: Sequence[HeldWork]) -> list[Text]:
+    rows: list[list[Cell]] = [
+        [h.topic, h.agent, h.consumer, Text(str(h.pending), style="yellow"),
+         _when(h.oldest_since)]
+        for h in held
+    ]
+    return table(["HELD ON TOPIC", "AGENT", "DEAD CONSUMER", "PENDING", "OLDEST SINCE"], rows)

@@ -4,7 +4,7 @@ Version 1 is three fields::
 
     v  b"1"                 envelope version
     i  signal id            also read by Lua scripts, which cannot parse JSON
-    d  orjson object        every other field of the signal
+    d  JSON object          the signal (its id included; ``i`` wins if they differ)
 
 Decoding never raises anything but ``DecodeError``: a stream can hold anything that was
 written to it with a plain XADD, and a worker must survive all of it.
@@ -12,6 +12,7 @@ written to it with a plain XADD, and a worker must survive all of it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,7 +20,7 @@ import orjson
 from pydantic import ValidationError
 
 from ..errors import DecodeError, InvalidSignal, PayloadTooLarge
-from .signal import Signal
+from .signal import SIGNAL_ID, Signal
 
 __all__ = ["ENVELOPE_VERSION", "decode", "encode", "entry_signal_id"]
 
@@ -27,18 +28,24 @@ ENVELOPE_VERSION = b"1"
 F_VERSION = b"v"
 F_ID = b"i"
 F_DATA = b"d"
+_SIGNAL_ID = re.compile(SIGNAL_ID)
 
 
 def encode(signal: Signal, max_bytes: int) -> dict[bytes, bytes]:
-    """Envelope fields for ``signal``; ``PayloadTooLarge`` past ``max_bytes``."""
-    _check_json(signal.data, "data")
-    _check_json(signal.context, "context")
-    body = signal.model_dump(mode="json", exclude={"id"})
+    """Envelope fields for ``signal``; ``PayloadTooLarge`` past ``max_bytes``.
+
+    Serialised by pydantic's own (Rust) JSON writer. It writes NaN and infinities as
+    bare ``NaN``/``Infinity`` tokens, which no JSON reader accepts: only when one of those
+    words appears at all is the payload walked to tell a string from a real number.
+    """
     try:
-        data = orjson.dumps(body)
-    except TypeError as exc:  # integers past 64 bits
+        data = signal.model_dump_json().encode()
+    except ValueError as exc:  # integers past 64 bits
         raise InvalidSignal(f"signal is not JSON-serialisable: {exc}") from None
-    size = len(data) + len(signal.id)
+    if b"NaN" in data or b"Infinity" in data:
+        _check_json(signal.data, "data")
+        _check_json(signal.context, "context")
+    size = len(data)
     if size > max_bytes:
         raise PayloadTooLarge(size, max_bytes)
     return {F_VERSION: ENVELOPE_VERSION, F_ID: signal.id.encode(), F_DATA: data}
@@ -95,18 +102,27 @@ def decode(fields: Mapping[bytes, bytes], max_bytes: int) -> Signal:
     if len(data) > max_bytes:
         raise DecodeError(f"entry data is {len(data)} bytes, over the limit of {max_bytes}")
     try:
-        body: Any = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise DecodeError(f"'d' is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise DecodeError(f"'d' is JSON {type(body).__name__}, expected an object")
-    body["id"] = signal_id
-    try:
-        return Signal.model_validate(body)
+        signal = Signal.model_validate_json(data)
     except ValidationError as exc:
-        raise DecodeError(f"invalid signal: {_describe(exc)}") from None
+        raise DecodeError(_invalid(data, exc)) from None
     except (TypeError, ValueError, OverflowError) as exc:
         raise DecodeError(f"invalid signal: {exc}") from None
+    if signal.id != signal_id:  # ``i`` is what the scripts keyed the status by
+        if not _SIGNAL_ID.fullmatch(signal_id):
+            raise DecodeError(f"invalid signal: id: {signal_id[:64]!r} is not a valid signal id")
+        signal = signal.model_copy(update={"id": signal_id})
+    return signal
+
+
+def _invalid(data: bytes, exc: ValidationError) -> str:
+    """The reason a ``d`` field did not validate, in the words a reader needs."""
+    try:
+        body: Any = orjson.loads(data)
+    except orjson.JSONDecodeError as err:
+        return f"'d' is not valid JSON: {err}"
+    if not isinstance(body, dict):
+        return f"'d' is JSON {type(body).__name__}, expected an object"
+    return f"invalid signal: {_describe(exc)}"
 
 
 def _text(raw: bytes) -> str:

@@ -114,7 +114,8 @@ class Bus:
         self.redis: Any = (
             _memory_client(settings.redis_url) if self.embedded else _redis_client(settings)
         )
-        self._known_topics: set[str] = set()
+        #: Topics this process already put in the namespace registry.
+        self.known_topics: set[str] = set()
         self._closed = False
 
     def __repr__(self) -> str:
@@ -153,11 +154,11 @@ class Bus:
 
     async def register_topics(self, topics: Iterable[str]) -> None:
         """Remember topic names in the namespace registry (once per process per topic)."""
-        new = [t for t in topics if t not in self._known_topics]
+        new = [t for t in topics if t not in self.known_topics]
         if new:
             with self.errors():
                 await self.redis.sadd(self.keys.topics, *new)
-            self._known_topics.update(new)
+            self.known_topics.update(new)
 
     async def topics(self) -> list[str]:
         """Every topic of the namespace: the registry plus any stream found by SCAN."""

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import os
 import random
+import re
 import socket
 import time
 from collections import deque
@@ -26,7 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import structlog
-from anyio.abc import TaskGroup, TaskStatus
+from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from redis import exceptions as rexc
 
 from ..errors import DecodeError, Reject, Retry
@@ -47,6 +50,14 @@ _FINISH_CHUNK = 500
 _RECONNECT_CAP = 5.0
 
 _CONNECTION_ERRORS = (rexc.ConnectionError, rexc.TimeoutError, OSError)
+
+
+_UNSAFE_ID = re.compile(r"[^A-Za-z0-9_.:~/-]")
+
+
+def _safe_id(decision_id: str | None) -> str:
+    """A decision id fit for the packed FINISH argument (no ',' or spaces)."""
+    return _UNSAFE_ID.sub("_", decision_id[:200]) if decision_id else ""
 
 
 def new_consumer_name() -> str:
@@ -84,7 +95,7 @@ class _Op:
     """A terminal outcome waiting to be flushed with its ack."""
 
     entry_id: str
-    status_key: str
+    signal_id: str  # "~" when the entry has no usable signal id
     state: str
     attempts: int = 0
     decision_id: str = ""
@@ -184,7 +195,10 @@ class Consumer:
         self._ops: dict[str, list[_Op]] = {}
         self._flush_wanted = anyio.Event()
         self._retry_added = anyio.Event()
-        self._htg: TaskGroup | None = None
+        # Handlers run on a fixed pool of runner tasks fed through this stream: spawning a
+        # task per message costs more than the trivial handlers the bus is often used with.
+        self._jobs: MemoryObjectSendStream[_Held] | None = None
+        self._serving = False
         self._read_scope: anyio.CancelScope | None = None
         self._stopping = False
         self._claim_cursor: dict[str, str] = {}
@@ -220,10 +234,14 @@ class Consumer:
                 tg.start_soon(self._flusher)
                 tg.start_soon(self._maintenance)
                 tg.start_soon(self._retry_loop)
-                async with anyio.create_task_group() as htg:
-                    self._htg = htg
+                send, receive = anyio.create_memory_object_stream[_Held](math.inf)
+                async with send, receive, anyio.create_task_group() as htg:
+                    for _ in range(self.slots.limit):
+                        htg.start_soon(self._runner, receive)
+                    self._jobs, self._serving = send, True
                     await self._read_loop()
-                    await self._drain(htg)
+                    await self._drain()
+                    htg.cancel_scope.cancel()  # the runners are idle now, or past grace
                 tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(10):
@@ -249,11 +267,20 @@ class Consumer:
                 await anyio.sleep(delay)
 
     async def _ensure_groups(self, start: str) -> None:
+        """Create missing groups: at ``start`` for a new subscriber, but from the stream's
+        beginning when a group existed before (created at publish time for a target that
+        never ran, then destroyed), so no signal already owed to the agent is skipped."""
         redis = self.bus.redis
         async with redis.pipeline(transaction=False) as pipe:
             for tk in self.topics:
+                pipe.sismember(tk.groups, self.agent)
+            known = await pipe.execute()
+        async with redis.pipeline(transaction=False) as pipe:
+            for tk, existed in zip(self.topics, known, strict=True):
                 pipe.sadd(tk.subs, self.agent)
-                pipe.xgroup_create(tk.stream, self.agent, id=start, mkstream=True)
+                pipe.xgroup_create(tk.stream, self.agent, id="0" if existed else start,
+                                   mkstream=True)
+                pipe.sadd(tk.groups, self.agent)
             results = await pipe.execute(raise_on_error=False)
         for r in results:
             if isinstance(r, _CONNECTION_ERRORS):
@@ -361,29 +388,24 @@ class Consumer:
         groups: list[list[_Held]] = []
         for stream, entries in batch:
             tk = self._by_stream[stream]
-            keys = [tk.stream]
-            args: list[Any] = [self.agent, self.name, int(now * 1000),
-                               int((settings.signal_ttl + settings.status_grace) * 1000)]
             held: list[_Held] = []
             for raw_id, fields in entries:
                 entry_id = raw_id.decode()
                 if entry_id in self._held:
                     continue  # already ours and in progress (re-read after reconnect)
                 if not fields:  # deleted from the stream while pending: nothing to deliver
-                    self._queue(tk, _Op(entry_id, tk.status("~"), "a"))
+                    self._queue(tk, _Op(entry_id, "~", "a"))
                     continue
                 try:
                     signal = decode(fields, settings.max_payload_bytes)
                 except DecodeError as exc:
                     self._undecodable(tk, entry_id, fields, exc)
                     continue
-                keys.append(tk.status(signal.id))
-                args += [entry_id, "1" if signal.expires.timestamp() <= now else "0"]
                 h = _Held(tk.topic, entry_id, signal)
                 self._held[entry_id] = h
                 held.append(h)
             if held:
-                calls.append((scripts.DELIVER, keys, args))
+                calls.append(self._deliver_call(tk, held, now))
                 groups.append(held)
         if not calls:
             return
@@ -433,19 +455,23 @@ class Consumer:
         log.error("entry_undecodable", topic=tk.topic, entry_id=entry_id, agent=self.agent,
                   reason=exc.reason)
         sid = entry_signal_id(fields) or "~"
-        self._queue(tk, _Op(entry_id, tk.status(sid), "f", 1, "", "DecodeError", exc.reason))
+        self._queue(tk, _Op(entry_id, sid, "f", 1, "", "DecodeError", exc.reason))
 
     # -- handling -------------------------------------------------------------------------
 
     def _start_ready(self) -> None:
-        htg = self._htg
-        while htg is not None and self._ready and self.slots.free > 0:
+        while self._serving and self._ready and self.slots.free > 0:
             if self._stopping:
                 return  # not started: _release() hands them back
             h = self._ready.popleft()
             self._running += 1
             self.slots.take()
-            htg.start_soon(self._handle, h)
+            assert self._jobs is not None
+            self._jobs.send_nowait(h)
+
+    async def _runner(self, jobs: MemoryObjectReceiveStream[_Held]) -> None:
+        async for h in jobs:
+            await self._handle(h)
 
     async def _handle(self, h: _Held) -> None:
         delivery = Delivery(h.topic, h.entry_id, h.attempt, self.name, self.agent)
@@ -462,8 +488,8 @@ class Consumer:
         else:
             self.stats.processed += 1
             tk = self.bus.keys.topic(h.topic)
-            self._queue(tk, _Op(h.entry_id, tk.status(h.signal.id), "s", h.attempt,
-                                decision_id or ""))
+            self._queue(tk, _Op(h.entry_id, h.signal.id, "s", h.attempt,
+                                _safe_id(decision_id)))
         finally:
             elapsed = time.perf_counter() - started
             self.stats.handler_seconds.append(elapsed)
@@ -496,7 +522,7 @@ class Consumer:
                   signal_id=h.signal.id, attempts=h.attempt, error_type=error_type,
                   error=error[:500])
         tk = self.bus.keys.topic(h.topic)
-        self._queue(tk, _Op(h.entry_id, tk.status(h.signal.id), "f", h.attempt, "",
+        self._queue(tk, _Op(h.entry_id, h.signal.id, "f", h.attempt, "",
                             error_type, error[:_ERROR_LIMIT]))
 
     async def _retry_loop(self) -> None:
@@ -526,21 +552,25 @@ class Consumer:
                     heapq.heappush(self._retries, (time.monotonic() + 1.0, next(self._seq), h))
                 await anyio.sleep(1.0)
 
+    def _deliver_call(
+        self, tk: TopicKeys, held: list[_Held], now: float
+    ) -> tuple[scripts.Script, list[str], list[Any]]:
+        settings = self.bus.settings
+        packed = " ".join(
+            f"{h.entry_id},{h.signal.id},{1 if h.signal.expires.timestamp() <= now else 0}"
+            for h in held
+        )
+        ttl_ms = int((settings.signal_ttl + settings.status_grace) * 1000)
+        args = [self.agent, self.name, int(now * 1000), ttl_ms, tk.status_prefix, packed]
+        return scripts.DELIVER, [tk.stream], args
+
     async def _redeliver(self, due: list[_Held]) -> None:
         by_topic: dict[str, list[_Held]] = {}
         for h in due:
             by_topic.setdefault(h.topic, []).append(h)
         now = time.time()
-        settings = self.bus.settings
-        calls = []
-        for topic, held in by_topic.items():
-            tk = self.bus.keys.topic(topic)
-            keys = [tk.stream] + [tk.status(h.signal.id) for h in held]
-            args: list[Any] = [self.agent, self.name, int(now * 1000),
-                               int((settings.signal_ttl + settings.status_grace) * 1000)]
-            for h in held:
-                args += [h.entry_id, "1" if h.signal.expires.timestamp() <= now else "0"]
-            calls.append((scripts.DELIVER, keys, args))
+        calls = [self._deliver_call(self.bus.keys.topic(t), held, now)
+                 for t, held in by_topic.items()]
         results = await scripts.run_many(self.bus.redis, calls)
         for held, result in zip(by_topic.values(), results, strict=True):
             if isinstance(result, Exception):
@@ -582,12 +612,17 @@ class Consumer:
             tk = self.bus.keys.topic(topic)
             for start in range(0, len(topic_ops), _FINISH_CHUNK):
                 chunk = topic_ops[start : start + _FINISH_CHUNK]
-                keys = [tk.stream, tk.dlq] + [op.status_key for op in chunk]
-                args: list[Any] = [self.agent, self.name, now_ms]
+                args: list[Any] = [self.agent, self.name, now_ms, tk.status_prefix, ""]
+                packed = []
                 for op in chunk:
-                    args += [op.entry_id, op.state, op.attempts, op.decision_id,
-                             op.error_type, op.error]
-                calls.append((scripts.FINISH, keys, args))
+                    k = 0
+                    if op.error_type or op.error:
+                        k = len(args) + 1  # Lua's 1-based index of the error type
+                        args += [op.error_type, op.error]
+                    packed.append(f"{op.entry_id},{op.signal_id},{op.state},{op.attempts},"
+                                  f"{op.decision_id or '-'},{k}")
+                args[4] = " ".join(packed)
+                calls.append((scripts.FINISH, [tk.stream, tk.dlq], args))
                 chunks.append((topic, chunk))
         try:
             results = await scripts.run_many(self.bus.redis, calls)
@@ -705,8 +740,8 @@ class Consumer:
         except _CONNECTION_ERRORS as exc:  # they will age into reclaim anyway
             log.warning("release_failed", consumer=self.name, error=str(exc))
 
-    async def _drain(self, htg: TaskGroup) -> None:
-        """Give running handlers the grace period, then cancel what is left."""
+    async def _drain(self) -> None:
+        """Give running handlers the grace period; the caller cancels what is left."""
         with anyio.CancelScope(shield=True), anyio.move_on_after(5):
             await self._release()
         grace = self.bus.settings.shutdown_grace
@@ -716,7 +751,6 @@ class Consumer:
         if self._running:
             log.warning("handlers_cancelled", consumer=self.name, running=self._running,
                         grace=grace)
-            htg.cancel_scope.cancel()
 
     def _next_delay(self, previous: float) -> float:
         """Exponential backoff with full jitter, 0.1 s doubling up to 5 s."""

@@ -6,6 +6,7 @@ Layout (``ns`` is ``Settings.namespace``)::
     ns:{t:TOPIC}:stream            STREAM  the topic's signals; one consumer group per agent
     ns:{t:TOPIC}:dlq               STREAM  dead letters of the topic
     ns:{t:TOPIC}:subs              SET     agents subscribed to TOPIC (broadcast targets)
+    ns:{t:TOPIC}:groups            SET     agents a consumer group was created for
     ns:{t:TOPIC}:st:SIGNAL_ID      HASH    per-target status of one signal
     ns:{t:TOPIC}:fence             STRING  highest janitor fencing token seen on the topic
     ns:heartbeats                  ZSET    "AGENT/CONSUMER" -> last heartbeat (ms)
@@ -88,6 +89,7 @@ class TopicKeys:
     subs: str
     status_prefix: str
     fence: str
+    groups: str
 
     def status(self, signal_id: str) -> str:
         return self.status_prefix + signal_id
@@ -191,7 +193,7 @@ class Keys:
             check_topic(topic)
             base = f"{self.namespace}:{{t:{topic}}}:"
             cached = TopicKeys(topic, base + "stream", base + "dlq", base + "subs", base + "st:",
-                               base + "fence")
+                               base + "fence", base + "groups")
             self._topics[topic] = cached
         return cached
 

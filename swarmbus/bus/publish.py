@@ -1,4 +1,4 @@
-"""Publishing: one script call per signal, pipelined for batches."""
+"""Publishing: one script call per topic batch (atomic), pipelined across topics."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import structlog
 
 from ..errors import BusResponseError, InvalidSignal
 from . import scripts
-from .codec import F_DATA, F_ID, F_VERSION, encode
+from .codec import F_DATA, encode
 from .signal import Signal
 
 if TYPE_CHECKING:
@@ -21,11 +21,12 @@ __all__ = ["prepare", "publish", "publish_many"]
 
 log = structlog.get_logger(__name__)
 
-Call = tuple[scripts.Script, list[str], list[Any]]
+#: Signals per PUBLISH script call: bounds how long one call holds the server.
+CHUNK = 500
 
 
-def prepare(bus: Bus, signal: Signal, now: float | None = None) -> tuple[Signal, Call]:
-    """Validate, fill defaults and encode ``signal`` into one PUBLISH script call."""
+def prepare(bus: Bus, signal: Signal, now: float) -> tuple[Signal, list[Any]]:
+    """Validate, fill defaults and encode ``signal`` into its PUBLISH arguments."""
     if not isinstance(signal, Signal):
         raise InvalidSignal(f"publish() takes a swarmbus.Signal, got {type(signal).__name__}")
     settings = bus.settings
@@ -34,34 +35,47 @@ def prepare(bus: Bus, signal: Signal, now: float | None = None) -> tuple[Signal,
             update={"expires_at": signal.created_at + timedelta(seconds=settings.signal_ttl)}
         )
     fields = encode(signal, settings.max_payload_bytes)
-    now = time.time() if now is None else now
     remaining = max(signal.expires.timestamp() - now, 1.0)
     ttl_ms = int((remaining + settings.status_grace) * 1000)
-    tk = bus.keys.topic(signal.type)
-    args: list[Any] = [int(now * 1000), ttl_ms, len(signal.targets), *signal.targets]
-    args += [fields[F_VERSION], fields[F_ID], fields[F_DATA]]
-    return signal, (scripts.PUBLISH, [tk.stream, tk.status(signal.id), tk.subs], args)
+    return signal, [signal.id, ttl_ms, len(signal.targets), *signal.targets, fields[F_DATA]]
 
 
-def _entry(result: Any, signal: Signal) -> str:
-    if isinstance(result, Exception):
-        raise BusResponseError(f"publishing signal {signal.id} failed: {result}") from result
-    return result[1].decode() if isinstance(result[1], bytes) else str(result[1])
+def _calls(
+    bus: Bus, prepared: list[tuple[Signal, list[Any]]], now: float
+) -> list[tuple[scripts.Script, list[str], list[Any], list[int]]]:
+    """PUBLISH calls, one per topic chunk, with the batch positions each one covers."""
+    by_topic: dict[str, list[int]] = {}
+    for index, (signal, _) in enumerate(prepared):
+        by_topic.setdefault(signal.type, []).append(index)
+    calls = []
+    for topic, indexes in by_topic.items():
+        tk = bus.keys.topic(topic)
+        for start in range(0, len(indexes), CHUNK):
+            chunk = indexes[start : start + CHUNK]
+            args: list[Any] = [int(now * 1000), tk.status_prefix]
+            for index in chunk:
+                args += prepared[index][1]
+            calls.append((scripts.PUBLISH, [tk.stream, tk.subs, tk.groups], args, chunk))
+    return calls
 
 
 async def publish(bus: Bus, signal: Signal) -> str:
-    signal, (script, keys, args) = prepare(bus, signal)
-    await bus.register_topics((signal.type,))
+    """Publish one signal; returns its id. Idempotent on ``signal.id``."""
+    now = time.time()
+    signal, args = prepare(bus, signal, now)
+    if signal.type not in bus.known_topics:
+        await bus.register_topics((signal.type,))
+    tk = bus.keys.topic(signal.type)
     with bus.errors():
-        result = await scripts.run(bus.redis, script, keys, args)
-    if result[0] == 0:
-        log.debug("signal_duplicate_ignored", signal_id=signal.id, topic=signal.type)
-    _entry(result, signal)
+        result = await scripts.run(bus.redis, scripts.PUBLISH, [tk.stream, tk.subs, tk.groups],
+                                   [int(now * 1000), tk.status_prefix, *args])
+    if result[1] == 0:
+        log.debug("signal_duplicate_ignored", signal_id=signal.id)
     return signal.id
 
 
 async def publish_many(bus: Bus, signals: Sequence[Signal]) -> list[str]:
-    """Publish ``signals`` in one pipelined round trip (per-signal atomic, not all-or-none).
+    """Publish ``signals`` in one round trip: atomic per topic batch, pipelined across topics.
 
     Every signal is validated and encoded before anything is sent, so one bad signal in
     the batch raises before any of them is published.
@@ -71,8 +85,15 @@ async def publish_many(bus: Bus, signals: Sequence[Signal]) -> list[str]:
     if not prepared:
         return []
     await bus.register_topics({s.type for s, _ in prepared})
+    calls = _calls(bus, prepared, now)
     with bus.errors():
-        results = await scripts.run_many(bus.redis, [call for _, call in prepared])
-    for (signal, _), result in zip(prepared, results, strict=True):
-        _entry(result, signal)
+        results = await scripts.run_many(bus.redis, [c[:3] for c in calls])
+    for (*_, chunk), result in zip(calls, results, strict=True):
+        if isinstance(result, Exception):
+            ids = ", ".join(prepared[i][0].id for i in chunk[:3])
+            raise BusResponseError(f"publishing {len(chunk)} signal(s) ({ids}, ...) failed: "
+                                   f"{result}") from result
+        for position, index in enumerate(chunk):
+            if result[2 * position + 1] == 0:
+                log.debug("signal_duplicate_ignored", signal_id=prepared[index][0].id)
     return [s.id for s, _ in prepared]

@@ -43,45 +43,71 @@ class Script:
         object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())
 
 
-# PUBLISH — create one signal.
-# KEYS: 1 stream, 2 status hash, 3 subscriber set
-# ARGV: 1 now_ms, 2 status ttl ms, 3 n targets, 4..3+n targets, then v, i, d envelope values
-# Atomic: the consumer groups a target lacks, the stream entry and every target's pending
-# status appear together, or nothing does. If the status hash already exists the signal
-# was published before: nothing is written and the existing entry id is returned.
-# Returns {1, entry_id} when written, {0, entry_id} for a duplicate.
+# PUBLISH — create a batch of signals of one topic.
+# KEYS: 1 stream, 2 subscriber set, 3 set of the topic's consumer groups
+# ARGV: 1 now_ms, 2 status key prefix, then per signal: id, status ttl ms, n targets,
+#       the n targets, envelope data
+# Atomic (the whole batch, so each signal too): the consumer groups a target lacks, the
+# stream entry and every target's pending status appear together, or nothing does. A
+# signal whose status hash exists was published before: nothing is written for it. A
+# group is created only for a target not yet in the groups set (a membership test per
+# target instead of a failing XGROUP CREATE per target and signal).
+# Returns per signal: entry id, then 1 when written or 0 for a duplicate.
 PUBLISH = Script("publish", _STATUS_LIB + """
-local existing = redis.call('HGET', KEYS[2], '_e')
-if existing then return {0, existing} end
-local n = tonumber(ARGV[3])
-local targets
-if n == 0 then
-  targets = redis.call('SMEMBERS', KEYS[3])
-else
-  targets = {}
-  for i = 1, n do targets[i] = ARGV[3 + i] end
+local now, prefix = ARGV[1], ARGV[2]
+local out = {}
+local subscribers
+local i = 3
+while i <= #ARGV do
+  local sid, ttl, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  local st = prefix .. sid
+  local data = ARGV[i + 3 + n]
+  local existing = redis.call('HGET', st, '_e')
+  if existing then
+    out[#out + 1] = existing
+    out[#out + 1] = 0
+  else
+    local targets
+    if n == 0 then
+      subscribers = subscribers or redis.call('SMEMBERS', KEYS[2])
+      targets = subscribers
+    else
+      targets = {}
+      for j = 1, n do targets[j] = ARGV[i + 2 + j] end
+    end
+    for _, t in ipairs(targets) do
+      if redis.call('SISMEMBER', KEYS[3], t) == 0 then
+        pcall(redis.call, 'XGROUP', 'CREATE', KEYS[1], t, '$', 'MKSTREAM')
+        redis.call('SADD', KEYS[3], t)
+      end
+    end
+    local id = redis.call('XADD', KEYS[1], '*', 'v', '1', 'i', sid, 'd', data)
+    local fields = {'_e', id}
+    local p = pack('p', 0, now, '', '', '')
+    for _, t in ipairs(targets) do
+      fields[#fields + 1] = t
+      fields[#fields + 1] = p
+    end
+    redis.call('HSET', st, unpack(fields))
+    redis.call('PEXPIRE', st, ttl)
+    out[#out + 1] = id
+    out[#out + 1] = 1
+  end
+  i = i + 4 + n
 end
-for _, t in ipairs(targets) do
-  pcall(redis.call, 'XGROUP', 'CREATE', KEYS[1], t, '$', 'MKSTREAM')
-end
-local base = 3 + n
-local id = redis.call('XADD', KEYS[1], '*', 'v', ARGV[base + 1], 'i', ARGV[base + 2],
-  'd', ARGV[base + 3])
-local fields = {'_e', id}
-local p = pack('p', 0, ARGV[1], '', '', '')
-for _, t in ipairs(targets) do
-  fields[#fields + 1] = t
-  fields[#fields + 1] = p
-end
-redis.call('HSET', KEYS[2], unpack(fields))
-redis.call('PEXPIRE', KEYS[2], ARGV[2])
-return {1, id}
+return out
 """)
 
+# Batch scripts take their entries packed into one argument instead of several arguments
+# (and a declared key) per entry: encoding arguments was the largest client-side cost per
+# message. The status hashes they touch are built from a prefix in the topic's hash tag,
+# so they always live in the stream's cluster slot.
+
 # DELIVER — record that a consumer read a batch of entries.
-# KEYS: 1 stream, 2..n+1 the status hash of each entry
+# KEYS: 1 stream
 # ARGV: 1 group (target agent), 2 consumer, 3 now_ms, 4 status ttl ms for untracked
-#       signals, then per entry: entry_id, expired ('1' or '0')
+#       signals, 5 status key prefix, 6 the entries: "ENTRY_ID,SIGNAL_ID,EXPIRED ..."
+#       (EXPIRED is 1 or 0; ids never hold ',' or ' ')
 # Per entry, atomically with its ack where one is due:
 #   not a target of the signal, or already terminal -> XACK, result 0
 #   expired -> status 'x' + XACK, result -1
@@ -89,17 +115,16 @@ return {1, id}
 # An entry with no status hash at all (a valid envelope written by a plain XADD) is
 # treated as targeted, and its hash is created with a TTL.
 DELIVER = Script("deliver", _STATUS_LIB + """
-local group, consumer, now = ARGV[1], ARGV[2], ARGV[3]
+local group, consumer, now, prefix = ARGV[1], ARGV[2], ARGV[3], ARGV[5]
 local out = {}
-for i = 1, #KEYS - 1 do
-  local st = KEYS[i + 1]
-  local eid, expired = ARGV[3 + 2 * i], ARGV[4 + 2 * i]
+for eid, sid, expired in string.gmatch(ARGV[6], '([^, ]+),([^, ]+),(%d)') do
+  local st = prefix .. sid
   local cur = redis.call('HGET', st, group)
   local untracked = false
+  local result = 0
   if not cur then
     if redis.call('EXISTS', st) == 1 then
       redis.call('XACK', KEYS[1], group, eid)
-      out[i] = 0
     else
       untracked = true
       cur = pack('p', 0, now, '', '', '')
@@ -109,45 +134,51 @@ for i = 1, #KEYS - 1 do
     local s, a = parse(cur)
     if terminal(s) then
       redis.call('XACK', KEYS[1], group, eid)
-      out[i] = 0
     elseif expired == '1' then
       redis.call('HSET', st, group, pack('x', a, now, consumer, '', 'expired before delivery'))
       redis.call('XACK', KEYS[1], group, eid)
-      out[i] = -1
+      result = -1
     else
       redis.call('HSET', st, group, pack('d', a + 1, now, consumer, '', ''))
-      out[i] = a + 1
+      result = a + 1
     end
     if untracked then
       redis.call('HSET', st, '_e', eid)
       redis.call('PEXPIRE', st, ARGV[4])
     end
   end
+  out[#out + 1] = result
 end
 return out
 """)
 
 # FINISH — terminal outcome of a batch of entries, written with their acks.
-# KEYS: 1 stream, 2 dead-letter stream, 3..n+2 the status hash of each entry
-# ARGV: 1 group, 2 consumer, 3 now_ms, then per entry 6 values:
-#       entry_id, state ('s' processed, 'f' failed, 'x' expired, 'a' ack only: the
-#       entry was deleted from the stream), attempts, decision_id, error_type, error
+# KEYS: 1 stream, 2 dead-letter stream
+# ARGV: 1 group, 2 consumer, 3 now_ms, 4 status key prefix, 5 the entries:
+#       "ENTRY_ID,SIGNAL_ID,STATE,ATTEMPTS,DECISION_ID,K ..." where STATE is 's'
+#       processed, 'f' failed, 'x' expired or 'a' ack only (the entry was deleted from the
+#       stream), DECISION_ID is '-' for none, and K is 0 or the index in ARGV of the error
+#       type, the error text following it; 6.. error types and texts
 # Per entry, atomically: if the target's status is already terminal only the ack happens;
 # otherwise the terminal status is written (only if the status hash exists: garbage entries
 # have none and must not leave an immortal hash behind), a failed entry is copied with its
 # original fields and the error onto the dead-letter stream, and the entry is acked.
 FINISH = Script("finish", _STATUS_LIB + """
-local group, consumer, now = ARGV[1], ARGV[2], ARGV[3]
-for i = 1, #KEYS - 2 do
-  local st = KEYS[i + 2]
-  local o = 3 + (i - 1) * 6
-  local eid, state, attempts = ARGV[o + 1], ARGV[o + 2], ARGV[o + 3]
-  local decision, etype, err = ARGV[o + 4], ARGV[o + 5], ARGV[o + 6]
-  local cur = redis.call('HGET', st, group)
+local group, consumer, now, prefix = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local n = 0
+for eid, sid, state, attempts, decision, k in
+    string.gmatch(ARGV[5], '([^, ]+),([^, ]+),(%a),(%d+),([^, ]+),(%d+)') do
+  n = n + 1
+  local st = prefix .. sid
+  if decision == '-' then decision = '' end
+  local etype, err = '', ''
+  if k ~= '0' then
+    etype, err = ARGV[tonumber(k)], ARGV[tonumber(k) + 1]
+  end
   local done = state == 'a'
-  if cur and not done then
-    local s = parse(cur)
-    done = terminal(s)
+  if not done then
+    local cur = redis.call('HGET', st, group)
+    if cur then done = terminal(parse(cur)) end
   end
   if not done then
     if redis.call('EXISTS', st) == 1 then
@@ -169,7 +200,7 @@ for i = 1, #KEYS - 2 do
   end
   redis.call('XACK', KEYS[1], group, eid)
 end
-return #KEYS - 2
+return n
 """)
 
 # LEASE — keep this consumer's in-flight entries from going idle.

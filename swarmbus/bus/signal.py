@@ -90,6 +90,8 @@ class Severity(StrEnum):
 def _utc(value: datetime) -> datetime:
     if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
+    if value.tzinfo is UTC:
+        return value
     try:
         return value.astimezone(UTC)
     except OverflowError:
@@ -99,7 +101,9 @@ def _utc(value: datetime) -> datetime:
 class Signal(BaseModel):
     """A typed message from one agent to others. Frozen: build a new one to change it."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # NaN/Infinity are written as bare tokens, so the codec can spot and refuse them
+    # instead of pydantic silently writing null.
+    model_config = ConfigDict(frozen=True, extra="forbid", ser_json_inf_nan="constants")
 
     id: SignalId = Field(default_factory=new_id)
     type: TopicName

@@ -441,3 +441,18 @@ async def test_entries_waiting_for_a_retry_are_handed_back_at_once_on_stop(make_
             status = await bus.wait(signal_id, timeout=5)
     assert calls == ["first", "second"]
     assert status.targets["risk"].state is StatusState.processed
+
+
+async def test_a_destroyed_group_of_a_target_that_never_ran_loses_nothing(make_bus) -> None:
+    bus = await make_bus()
+    owed = await bus.publish(sig(targets=["late-joiner"]))
+    await bus.redis.xgroup_destroy(bus.keys.topic("WHALE_ACTIVITY").stream, "late-joiner")
+    got: list[str] = []
+
+    async def handle(signal: Signal, delivery: Delivery) -> None:
+        got.append(signal.id)
+
+    async with running(bus.consumer("late-joiner", {"WHALE_ACTIVITY": handle})):
+        status = await bus.wait(owed, timeout=10)
+    assert got == [owed]
+    assert status.targets["late-joiner"].state is StatusState.processed
