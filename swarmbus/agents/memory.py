@@ -175,6 +175,11 @@ class Memory:
     ) -> DecisionStats:
         return await self.log.stats(window=window, decision_type=decision_type)
 
+    async def decision_types(self) -> list[str]:
+        """Every decision type this agent has recorded."""
+        with self.bus.errors():
+            return sorted(t.decode() for t in await self.bus.redis.smembers(self.log.keys.types))
+
     # -- patterns --------------------------------------------------------------------------
 
     async def patterns(

@@ -165,7 +165,8 @@ async def tick(
 
 async def anomalies(bus: Bus, *, limit: int = 100) -> list[Anomaly]:
     """The most recent anomalies, newest first."""
-    entries = await bus.redis.xrevrange(bus.keys.anomalies, count=limit)
+    with bus.errors():
+        entries = await bus.redis.xrevrange(bus.keys.anomalies, count=limit)
     return [Anomaly.model_validate_json(f[b"a"]) for _, f in entries]
 
 
@@ -204,15 +205,14 @@ async def report(bus: Bus, agents: list[str], *, window: float = 3600.0) -> list
     out: list[AgentStats] = []
     since = f"{int((time.time() - window) * 1000)}-0"
     for agent in agents:
-        entries = await bus.redis.xrange(bus.keys.memory(agent).metrics, min=since)
+        with bus.errors():
+            entries = await bus.redis.xrange(bus.keys.memory(agent).metrics, min=since)
         metrics = [IntervalMetrics.model_validate_json(f[b"m"]) for _, f in entries]
         p50 = _weighted([(m.p50_ms, m.handled) for m in metrics if m.p50_ms is not None], 0.5)
         p95 = _weighted([(m.p95_ms, m.handled) for m in metrics if m.p95_ms is not None], 0.5)
         handled = sum(m.handled for m in metrics)
         memory = bus.memory(agent)
-        types = sorted(t.decode() for t in await bus.redis.smembers(
-            bus.keys.memory(agent).types))
-        rows: list[Any] = [None, *types]
+        rows: list[Any] = [None, *await memory.decision_types()]
         for dtype in rows:
             stats = await memory.stats(window=window, decision_type=dtype)
             if dtype is not None and not stats.count:

@@ -90,10 +90,18 @@ async def export_backup(bus: Bus, path: str | Path, *, progress: Progress | None
     counts: Counter[str] = Counter()
     header = {"format": BACKUP_FORMAT, "version": BACKUP_VERSION,
               "namespace": bus.keys.namespace, "created_at": datetime.now(UTC).isoformat()}
-    with bus.errors(), gzip.open(path, "wb") as out:
+    try:
+        out = gzip.open(path, "wb")
+    except OSError as exc:
+        raise BackupError(f"cannot write backup {path}: {exc}") from None
+    with out:
         out.write(orjson.dumps(header) + b"\n")
-        for agent in await memory_agents(bus):
-            for record in await _agent_records(bus, agent):
+        with bus.errors():
+            agents = await memory_agents(bus)
+        for agent in agents:
+            with bus.errors():
+                records = await _agent_records(bus, agent)
+            for record in records:
                 out.write(orjson.dumps(record) + b"\n")
                 counts[record["kind"]] += 1
                 if progress is not None:
@@ -140,8 +148,11 @@ async def import_backup(
     """Restore a backup into ``bus``'s namespace; returns the records restored.
 
     Refuses a namespace that holds anything unless ``merge``: then records already present
-    (same decision id, pattern, checkpoint) are kept as they are.
+    (same decision id, pattern, checkpoint) are kept as they are. The file is read and
+    checked completely before anything is written.
     """
+    # Read and check the whole file first: a bad or truncated backup writes nothing.
+    records = list(_read(path))
     with bus.errors():
         if not merge and not await _namespace_empty(bus):
             raise Conflict(
@@ -150,7 +161,7 @@ async def import_backup(
             )
         done = 0
         outcomes: list[tuple[str, Decision]] = []
-        for record in _read(path):
+        for record in records:
             await _restore(bus, record, outcomes)
             done += 1
             if progress is not None:

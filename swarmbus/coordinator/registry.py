@@ -19,10 +19,11 @@ __all__ = ["HeldWork", "discover_agents", "held_work"]
 async def discover_agents(bus: Bus) -> list[str]:
     """Agents with a heartbeat or an STM stream in the namespace."""
     names = {h.agent for h in await heartbeats(bus)}
-    async for key in bus.redis.scan_iter(match=bus.keys.memory_pattern(), count=500):
-        agent = bus.keys.agent_of_stm(key.decode())
-        if agent:
-            names.add(agent)
+    with bus.errors():
+        async for key in bus.redis.scan_iter(match=bus.keys.memory_pattern(), count=500):
+            agent = bus.keys.agent_of_stm(key.decode())
+            if agent:
+                names.add(agent)
     return sorted(names)
 
 
@@ -44,6 +45,11 @@ async def held_work(bus: Bus, beats: list[Heartbeat] | None = None) -> list[Held
     beats = beats if beats is not None else await heartbeats(bus)
     live = {(h.agent, h.consumer) for h in beats if h.alive}
     out: list[HeldWork] = []
+    with bus.errors():
+        return await _held(bus, live, out)
+
+
+async def _held(bus: Bus, live: set[tuple[str, str]], out: list[HeldWork]) -> list[HeldWork]:
     for group in await bus.groups():
         if not group.pending:
             continue
