@@ -52,15 +52,25 @@ def _rss_kb(pid: int) -> int:
     return 0
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far."""
+    import os
+
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_once(system: str, url: str, targets: int, count: int, rate: float,
-             timeout: float = 300) -> tuple[float, list[float], int]:
-    """(signals/s, latencies ms, worker RSS KiB) for one producer/worker pair."""
+             timeout: float = 300) -> tuple[float, list[float], int, float]:
+    """(signals/s, latencies ms, worker RSS KiB, worker CPU µs per delivery) for one
+    producer/worker pair."""
     namespace = "e" + uuid.uuid4().hex[:8]
     with tempfile.TemporaryDirectory() as tmp:
         out = str(Path(tmp) / "lat.json")
         worker = _spawn("worker", system, url, namespace, str(targets), out)
         assert worker.stdout is not None
         assert worker.stdout.readline().startswith("ready"), f"{system} worker did not start"
+        cpu_before = _cpu_seconds(worker.pid)
         producer = _spawn("producer", system, url, namespace, str(targets), str(count),
                           str(rate))
         client = redis.Redis.from_url(url)
@@ -76,6 +86,7 @@ def run_once(system: str, url: str, targets: int, count: int, rate: float,
             first = float(producer.stdout.readline())
             producer.wait(60)
             rss = _rss_kb(worker.pid)
+            cpu_us = (_cpu_seconds(worker.pid) - cpu_before) * 1e6 / (count * targets)
         finally:
             worker.terminate()
             worker.wait(60)
@@ -88,7 +99,7 @@ def run_once(system: str, url: str, targets: int, count: int, rate: float,
                 client.delete(k)
             client.close()
         latencies = json.loads(Path(out).read_text())
-    return count / (done - first), latencies, rss
+    return count / (done - first), latencies, rss, cpu_us
 
 
 def bytes_per_signal(url: str, n: int = 10_000) -> dict[str, float]:
@@ -139,18 +150,21 @@ def run(url: str, quick: bool, repeats: int) -> list[Figure]:
                          "signals/s")
             rss = Figure("worker RSS after the run", LABEL[system], "MiB",
                          higher_is_better=False)
+            cpu = Figure(f"worker CPU per delivery, {targets} target(s)", LABEL[system], "µs",
+                         higher_is_better=False)
             for _ in range(repeats):
-                rate, _, kib = run_once(system, url, targets, count, 0)
+                rate, _, kib, cpu_us = run_once(system, url, targets, count, 0)
                 fig.values.append(rate)
                 rss.values.append(kib / 1024)
-            figures.append(fig)
+                cpu.values.append(cpu_us)
+            figures += [fig, cpu]
             if targets == 1:
                 figures.append(rss)
     for system in SYSTEMS:
         lat = {q: Figure(f"latency p{q} at 1,000/s", LABEL[system], "ms", higher_is_better=False)
                for q in (50, 95, 99)}
         for _ in range(repeats):
-            _, latencies, _ = run_once(system, url, 1, 1000 * latency_seconds, 1000)
+            _, latencies, _, _ = run_once(system, url, 1, 1000 * latency_seconds, 1000)
             for q, fig in lat.items():
                 fig.values.append(_pct(latencies, q))
         figures += lat.values()

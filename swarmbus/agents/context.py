@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -45,9 +46,6 @@ class Context:
         self.delivery = delivery
         #: ``signal.data``, or the model instance when the handler declared ``data=Model``.
         self.data = data
-        self.log = structlog.get_logger("swarmbus.agent").bind(
-            agent=agent.name, signal_id=signal.id, topic=signal.type, attempt=delivery.attempt
-        )
         self._published = 0
         self._decided = 0
         #: Ids of the signals this handler published (an outcome's default signals_generated).
@@ -55,6 +53,14 @@ class Context:
         #: The last decision this handler made (shown in the signal's status).
         self.decision_id: str | None = None
         self.memory: Memory = memory if memory is not None else bus.memory(agent)
+
+    @functools.cached_property
+    def log(self) -> Any:
+        """structlog logger bound to agent, signal id, topic and attempt (made on first use)."""
+        return structlog.get_logger("swarmbus.agent").bind(
+            agent=self.agent.name, signal_id=self.signal.id, topic=self.signal.type,
+            attempt=self.delivery.attempt,
+        )
 
     @property
     def state(self) -> StateStore:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import math
 import os
 import random
 import re
@@ -29,7 +28,6 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import structlog
 from anyio.abc import TaskStatus
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from redis import exceptions as rexc
 
 from ..errors import DecodeError, Reject, Retry
@@ -195,9 +193,11 @@ class Consumer:
         self._ops: dict[str, list[_Op]] = {}
         self._flush_wanted = anyio.Event()
         self._retry_added = anyio.Event()
-        # Handlers run on a fixed pool of runner tasks fed through this stream: spawning a
-        # task per message costs more than the trivial handlers the bus is often used with.
-        self._jobs: MemoryObjectSendStream[_Held] | None = None
+        # Handlers run on a fixed pool of runner tasks that take entries straight from
+        # ``_ready``; an idle runner parks on its own event. Spawning a task (or passing
+        # through a channel) per message costs more than the trivial handlers the bus is
+        # often used with.
+        self._idle: list[anyio.Event] = []
         self._serving = False
         self._read_scope: anyio.CancelScope | None = None
         self._stopping = False
@@ -234,11 +234,10 @@ class Consumer:
                 tg.start_soon(self._flusher)
                 tg.start_soon(self._maintenance)
                 tg.start_soon(self._retry_loop)
-                send, receive = anyio.create_memory_object_stream[_Held](math.inf)
-                async with send, receive, anyio.create_task_group() as htg:
+                async with anyio.create_task_group() as htg:
                     for _ in range(self.slots.limit):
-                        htg.start_soon(self._runner, receive)
-                    self._jobs, self._serving = send, True
+                        htg.start_soon(self._runner)
+                    self._serving = True
                     await self._read_loop()
                     await self._drain()
                     htg.cancel_scope.cancel()  # the runners are idle now, or past grace
@@ -460,18 +459,21 @@ class Consumer:
     # -- handling -------------------------------------------------------------------------
 
     def _start_ready(self) -> None:
-        while self._serving and self._ready and self.slots.free > 0:
-            if self._stopping:
-                return  # not started: _release() hands them back
-            h = self._ready.popleft()
-            self._running += 1
-            self.slots.take()
-            assert self._jobs is not None
-            self._jobs.send_nowait(h)
+        """Wake as many idle runners as there are entries ready and slots free."""
+        wake = min(len(self._ready), self.slots.free, len(self._idle))
+        for _ in range(wake):
+            self._idle.pop().set()
 
-    async def _runner(self, jobs: MemoryObjectReceiveStream[_Held]) -> None:
-        async for h in jobs:
-            await self._handle(h)
+    async def _runner(self) -> None:
+        while True:
+            while self._ready and self.slots.free > 0 and not self._stopping:
+                h = self._ready.popleft()  # not started when stopping: _release() hands back
+                self._running += 1
+                self.slots.take()
+                await self._handle(h)
+            parked = anyio.Event()
+            self._idle.append(parked)
+            await parked.wait()
 
     async def _handle(self, h: _Held) -> None:
         delivery = Delivery(h.topic, h.entry_id, h.attempt, self.name, self.agent)

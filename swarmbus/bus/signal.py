@@ -7,7 +7,7 @@ import os
 import time
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Annotated, Any, Self
+from typing import Annotated, Any
 
 from pydantic import (
     BaseModel,
@@ -15,7 +15,6 @@ from pydantic import (
     Field,
     StringConstraints,
     field_validator,
-    model_validator,
 )
 
 __all__ = [
@@ -41,6 +40,7 @@ SignalId = Annotated[str, StringConstraints(pattern=SIGNAL_ID)]
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 DEFAULT_TTL = timedelta(seconds=86_400)
+_ZERO = timedelta(0)
 
 
 def _b32(value: int, length: int) -> str:
@@ -90,7 +90,7 @@ class Severity(StrEnum):
 def _utc(value: datetime) -> datetime:
     if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
-    if value.tzinfo is UTC:
+    if value.tzinfo is UTC or value.utcoffset() == _ZERO:
         return value
     try:
         return value.astimezone(UTC)
@@ -125,11 +125,12 @@ class Signal(BaseModel):
     def _in_utc(cls, value: datetime | None) -> datetime | None:
         return None if value is None else _utc(value)
 
-    @model_validator(mode="after")
-    def _unique_targets(self) -> Self:
-        if len(set(self.targets)) != len(self.targets):
-            object.__setattr__(self, "targets", list(dict.fromkeys(self.targets)))
-        return self
+    @field_validator("targets")
+    @classmethod
+    def _unique_targets(cls, value: list[str]) -> list[str]:
+        if len(value) > 1 and len(set(value)) != len(value):
+            return list(dict.fromkeys(value))
+        return value
 
     @property
     def expires(self) -> datetime:
