@@ -108,8 +108,7 @@ async def worker(system: str, url: str, namespace: str, targets: int, out: str) 
             await _until_term()
             tg.cancel_scope.cancel()
         await client.aclose()
-    with open(out, "w") as f:
-        json.dump(latencies, f)
+    await anyio.Path(out).write_text(json.dumps(latencies))
 
 
 async def producer(system: str, url: str, namespace: str, targets: int, count: int,
