@@ -28,6 +28,8 @@ def main() -> None:
                         help="run one group of workloads")
     args = parser.parse_args()
     configure_logging("console", "warning")
+    if not e2e.HAVE_FASTSTREAM:
+        print("FastStream is not installed (pip install -e '.[bench]'): its figures are skipped")
     repeats = 1 if args.quick else args.repeats
     started = time.perf_counter()
     with redis_url(args.redis) as url:

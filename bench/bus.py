@@ -14,6 +14,7 @@ from swarmbus import Signal
 from swarmbus.bus.consume import Delivery
 
 from .common import Figure
+from .e2e import HAVE_FASTSTREAM
 
 PAYLOAD = {"symbol": "BTC-USD", "size": 1250.5, "side": "buy", "venue": "x", "n": 0}
 
@@ -66,6 +67,23 @@ async def swarmbus_consume(url: str, n: int) -> float:
             consumer.stop()
             done.set()
         return n / elapsed
+
+
+async def faststream_publish_single(url: str, n: int) -> float:
+    """FastStream's ``RedisBroker.publish`` to a stream, one awaited publish at a time."""
+    from faststream.redis import RedisBroker
+
+    key = "fsbench:" + uuid.uuid4().hex[:8]
+    broker = RedisBroker(url, logger=None)
+    async with broker:
+        start = time.perf_counter()
+        for i in range(n):
+            await broker.publish({**PAYLOAD, "n": i}, stream=key)
+        rate = n / (time.perf_counter() - start)
+    client = aioredis.Redis.from_url(url)
+    await client.delete(key)
+    await client.aclose()
+    return rate
 
 
 async def raw_publish_pipelined(url: str, n: int, batch: int) -> float:
@@ -128,6 +146,7 @@ async def run(url: str, quick: bool, repeats: int) -> list[Figure]:
     figures = [
         Figure("publish single", "swarmbus", "signals/s"),
         Figure("publish single", "raw redis-py", "signals/s"),
+        Figure("publish single", "FastStream", "signals/s"),
         Figure("publish_many x100", "swarmbus", "signals/s"),
         Figure("publish_many x100", "raw redis-py", "signals/s"),
         Figure("publish_many x1000", "swarmbus", "signals/s"),
@@ -138,10 +157,12 @@ async def run(url: str, quick: bool, repeats: int) -> list[Figure]:
     for _ in range(repeats):
         figures[0].values.append(await swarmbus_publish_single(url, n // 5))
         figures[1].values.append(await raw_publish_single(url, n // 5))
-        figures[2].values.append(await swarmbus_publish_many(url, n, 100))
-        figures[3].values.append(await raw_publish_pipelined(url, n, 100))
-        figures[4].values.append(await swarmbus_publish_many(url, n, 1000))
-        figures[5].values.append(await raw_publish_pipelined(url, n, 1000))
-        figures[6].values.append(await swarmbus_consume(url, n))
-        figures[7].values.append(await raw_consume(url, n))
-    return figures
+        if HAVE_FASTSTREAM:
+            figures[2].values.append(await faststream_publish_single(url, n // 5))
+        figures[3].values.append(await swarmbus_publish_many(url, n, 100))
+        figures[4].values.append(await raw_publish_pipelined(url, n, 100))
+        figures[5].values.append(await swarmbus_publish_many(url, n, 1000))
+        figures[6].values.append(await raw_publish_pipelined(url, n, 1000))
+        figures[7].values.append(await swarmbus_consume(url, n))
+        figures[8].values.append(await raw_consume(url, n))
+    return [f for f in figures if f.values]

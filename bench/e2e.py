@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import statistics
 import subprocess
@@ -24,7 +25,9 @@ from .common import Figure
 from .e2e_proc import groups, stream_key
 
 ROOT = Path(__file__).resolve().parents[1]
-SYSTEMS = ["swarmbus", "faststream", "raw"]
+HAVE_FASTSTREAM = importlib.util.find_spec("faststream") is not None
+# FastStream is a bench-only extra: pip install -e '.[bench]'
+SYSTEMS = ["swarmbus", "faststream", "raw"] if HAVE_FASTSTREAM else ["swarmbus", "raw"]
 LABEL = {"swarmbus": "swarmbus", "faststream": "FastStream", "raw": "raw redis-py floor"}
 
 

@@ -157,3 +157,24 @@ async def test_dead_letters_are_kept_for_their_retention(make_bus) -> None:
     report = await sweep(bus, dlq_retention=7 * 86_400)
     assert report.dead_letters_trimmed == 1
     assert len(await bus.dead_letters("WHALE")) == 1
+
+
+async def test_coordinator_checkpoints_agent_state_only_when_it_changed(make_bus) -> None:
+    from swarmbus.coordinator import Coordinator
+
+    bus = await make_bus()
+    state = bus.memory("risk").state
+    await state.set({"exposure": 1})
+    await bus.memory("idle").decide("X")  # an agent with memory but no state
+    coordinator = Coordinator(bus)
+    coordinator.agents = ["idle", "risk"]
+    token = await coordinator.lease.acquire()
+    assert token is not None
+    await coordinator.run_due_jobs(token, force=True)
+    await coordinator.run_due_jobs(token, force=True)  # nothing changed: no new one
+    (auto,) = await state.checkpoints()
+    assert (auto.label, auto.data) == ("auto", {"exposure": 1})
+    assert await bus.memory("idle").state.checkpoints() == []
+    await state.set({"exposure": 2})
+    await coordinator.run_due_jobs(token, force=True)
+    assert [c.data for c in await state.checkpoints()] == [{"exposure": 2}, {"exposure": 1}]
