@@ -2,261 +2,79 @@
 
 Exit codes: 0 success, 1 runtime failure, 2 usage error, 130 interrupted. Errors are one
 line on stderr (``swarmbus: error: ...``), with a traceback only under ``--debug``.
-Data goes to stdout, logs and progress to stderr.
+Data goes to stdout, logs and progress to stderr. Commands over agent memory and the
+coordinator live in ``cli_memory``; shared helpers in ``cli_support``.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
-import re
-import signal as signals
 import sys
 import traceback
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from collections.abc import Sequence
 from typing import Any, NoReturn
 
-import anyio
-import structlog
-from anyio.abc import TaskStatus
 from pydantic import ValidationError
-from rich.text import Text
 
 from . import __version__
-from .agents import Agent, Worker, heartbeats
-from .agents.decisions import decision_agent
-from .bus import Bus, Severity, Signal, SignalStatus, StatusState, connect
-from .bus.keys import check_agent
+from .agents import Worker, heartbeats
+from .bus import Bus, Severity, Signal, StatusState
+from .cli_memory import (
+    cmd_backup_export,
+    cmd_backup_import,
+    cmd_coordinator,
+    cmd_memory_checkpoints,
+    cmd_memory_decisions,
+    cmd_memory_patterns,
+    cmd_memory_rollback,
+    cmd_memory_state,
+    cmd_memory_stats,
+    cmd_stats,
+)
 from .cli_output import (
-    agent_stats_table,
-    anomalies_table,
-    chain_table,
-    checkpoints_table,
     dead_letter_lines,
     dead_letters_table,
-    decision_lines,
-    decision_stats_table,
-    decisions_table,
     groups_table,
     heartbeats_table,
     held_work_table,
     json_line,
     make_console,
-    pattern_lines,
-    patterns_table,
     signal_line,
-    state_lines,
-    status_lines,
 )
-from .coordinator import Coordinator, analytics
-from .coordinator.backup import export_backup, import_backup
-from .coordinator.registry import discover_agents, held_work
+from .cli_support import (
+    _ENTRY_ID,
+    LOG_LEVELS,
+    CommandFailed,
+    UsageError,
+    _count,
+    _out,
+    _print,
+    _print_rows,
+    _show_status,
+    agent_name,
+    duration,
+    emit,
+    fraction,
+    load_app,
+    load_data,
+    moment,
+    period,
+    since,
+    with_bus,
+)
+from .coordinator.registry import held_work
 from .errors import ConfigurationError, NotFound, SwarmbusError, WaitTimeout
 from .logging import configure_logging
 from .settings import Settings
 
 __all__ = ["main"]
 
-log = structlog.get_logger("swarmbus.cli")
-
-LOG_LEVELS = ["debug", "info", "warning", "error", "critical"]
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-#: ``<ms>-<seq>``, or bare milliseconds (10+ digits: far too long to mean seconds).
-_ENTRY_ID = re.compile(r"^(\d+-\d+|\d{10,})$")
-_LONGEST = 100 * 365 * 86400.0
-
-
-class UsageError(Exception):
-    """Bad command-line input: exit 2."""
-
-
-class CommandFailed(Exception):
-    """The command ran but the outcome is a failure (e.g. a target failed): exit 1."""
-
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise UsageError(message)
-
-
-# -- argument types ------------------------------------------------------------------------
-
-
-def duration(text: str) -> float:
-    """Seconds from ``<number>[ms|s|m|h|d]`` (a bare number is seconds)."""
-    match = _DURATION.match(text)
-    if match is None:
-        raise argparse.ArgumentTypeError(
-            f"invalid duration {text!r}: use <number>[ms|s|m|h|d], e.g. 30s, 10m, 1h"
-        )
-    seconds = float(match[1]) * _UNITS[match[2] or "s"]
-    if seconds > _LONGEST:
-        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: over 100 years")
-    return seconds
-
-
-def since(text: str) -> timedelta | datetime | str:
-    """A duration back from now, a stream entry id, or an ISO datetime (naive = UTC)."""
-    if _ENTRY_ID.match(text.strip()):
-        return text.strip()
-    if _DURATION.match(text):
-        return timedelta(seconds=duration(text))
-    try:
-        moment = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"invalid --since {text!r}: use a duration (10m), an entry id (1712345678901-0) "
-            "or an ISO datetime (2024-04-05T12:00:00Z)"
-        ) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-def moment(text: str) -> timedelta | datetime:
-    """A duration back from now, or an ISO datetime (naive = UTC)."""
-    if _DURATION.match(text):
-        return timedelta(seconds=duration(text))
-    try:
-        value = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"invalid time {text!r}: use a duration back from now (1h) "
-            "or an ISO datetime (2024-04-05T12:00:00Z)"
-        ) from None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-def period(text: str) -> float:
-    """A duration above zero (windows, intervals)."""
-    seconds = duration(text)
-    if seconds <= 0:
-        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: must be above zero")
-    return seconds
-
-
-def fraction(text: str) -> float:
-    """A number from 0 to 1."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}")
-    return value
-
-
-def agent_name(text: str) -> str:
-    try:
-        return check_agent(text)
-    except ConfigurationError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _count(minimum: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = minimum - 1
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
-        return value
-
-    return parse
-
-
-def load_data(spec: str | None) -> dict[str, Any]:
-    """``--data``: JSON object text, ``@path`` to read it from a file, or ``-`` for stdin."""
-    if spec is None:
-        return {}
-    if spec == "-":
-        text = sys.stdin.read()
-    elif spec.startswith("@"):
-        try:
-            with open(spec[1:], encoding="utf-8") as f:
-                text = f.read()
-        except OSError as exc:
-            raise UsageError(f"--data: cannot read {spec[1:]!r}: {exc.strerror}") from None
-    else:
-        text = spec
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise UsageError(f"--data is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"--data must be a JSON object, got {type(data).__name__}")
-    return data
-
-
-def load_app(spec: str) -> list[Agent]:
-    """The agents named by ``module:attr`` (an ``Agent`` or a list/tuple of them)."""
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise UsageError(f"invalid APP {spec!r}: use module:attr, e.g. myapp.agents:risk")
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:
-        raise UsageError(f"cannot import {module_name!r}: {exc}") from exc
-    try:
-        value = getattr(module, attr)
-    except AttributeError:
-        raise UsageError(f"module {module_name!r} has no attribute {attr!r}") from None
-    agents = list(value) if isinstance(value, list | tuple) else [value]
-    if not agents or not all(isinstance(a, Agent) for a in agents):
-        raise UsageError(
-            f"{spec!r} is a {type(value).__name__}, not an Agent or a list of Agents"
-        )
-    return agents
-
-
-# -- running commands ----------------------------------------------------------------------
-
-
-def with_bus(settings: Settings, func: Callable[[Bus], Awaitable[int]]) -> int:
-    """Run ``func(bus)`` in an event loop with a connected bus that is always closed."""
-
-    async def go() -> int:
-        bus = connect(settings=settings)
-        try:
-            await bus.ping()
-            return await func(bus)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await bus.close()
-
-    return anyio.run(go)
-
-
-def _out(line: str) -> None:
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
-
-
-def _print(lines: Iterable[Text]) -> None:
-    console = make_console()
-    for line in lines:
-        console.print(line)
-
-
-def _print_rows(lines: Sequence[Text], empty: str) -> None:
-    """A table on stdout, or ``empty`` on stderr when it has no rows."""
-    if len(lines) <= 1:
-        print(empty, file=sys.stderr)
-    else:
-        _print(lines)
-
-
-def _show_status(status: SignalStatus, as_json: bool) -> None:
-    if as_json:
-        _out(json_line(status))
-    else:
-        _print(status_lines(status))
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
@@ -362,11 +180,7 @@ def cmd_agents(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_groups(args: argparse.Namespace, settings: Settings) -> int:
     async def go(bus: Bus) -> int:
         groups = await bus.groups(args.topic)
-        if args.json:
-            for group in groups:
-                _out(json_line(group))
-        else:
-            _print_rows(groups_table(groups), "no consumer groups")
+        emit(groups, groups_table, args.json, "no consumer groups")
         return 0
 
     return with_bus(settings, go)
@@ -375,11 +189,7 @@ def cmd_groups(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_dlq_list(args: argparse.Namespace, settings: Settings) -> int:
     async def go(bus: Bus) -> int:
         letters = await bus.dead_letters(args.topic, limit=args.limit)
-        if args.json:
-            for dl in letters:
-                _out(json_line(dl))
-        else:
-            _print_rows(dead_letters_table(letters), f"no dead letters on {args.topic}")
+        emit(letters, dead_letters_table, args.json, f"no dead letters on {args.topic}")
         return 0
 
     return with_bus(settings, go)
@@ -440,278 +250,12 @@ async def _replay(bus: Bus, topic: str, ids: list[str] | None) -> int:
         )
 
 
-# -- memory --------------------------------------------------------------------------------
-
-
-def _check_owner(decision_id: str, agent: str) -> None:
-    owner = decision_agent(decision_id)
-    if owner is not None and owner != agent:
-        raise UsageError(f"decision {decision_id!r} belongs to agent {owner!r}, not {agent!r}: "
-                         f"use --agent {owner}")
-
-
-def cmd_memory_decisions(args: argparse.Namespace, settings: Settings) -> int:
-    one = args.id or args.chain
-    filters = {"--type": args.type, "--since": args.since, "--until": args.until,
-               "--success/--failed": args.success, "--limit": args.limit}
-    if one is not None:
-        given = [flag for flag, value in filters.items() if value is not None]
-        if given:
-            which = "--id" if args.id else "--chain"
-            raise UsageError(f"{which} picks decisions by id: {', '.join(given)} cannot be "
-                             "combined with it")
-        _check_owner(one, args.agent)
-    until = args.until
-    if isinstance(until, timedelta):
-        until = datetime.now(UTC) - until
-
-    async def go(bus: Bus) -> int:
-        memory = bus.memory(args.agent)
-        if args.id:
-            decision = await memory.decision(args.id)
-            if args.json:
-                _out(json_line(decision))
-            else:
-                _print(decision_lines(decision))
-            return 0
-        if args.chain:
-            chain = await memory.chain(args.chain)
-            if args.json:
-                for d in chain:
-                    _out(json_line(d))
-            else:
-                _print(chain_table(chain, args.chain))
-            return 0
-        found = await memory.decisions(
-            decision_type=args.type, since=args.since, until=until, success=args.success,
-            limit=50 if args.limit is None else args.limit,
-        )
-        if args.json:
-            for d in found:
-                _out(json_line(d))
-        else:
-            matching = " matching the filters" if any(
-                v is not None for f, v in filters.items() if f != "--limit") else ""
-            _print_rows(decisions_table(found), f"no decisions of {args.agent!r}{matching}")
-        return 0
-
-    return with_bus(settings, go)
-
-
-def cmd_memory_patterns(args: argparse.Namespace, settings: Settings) -> int:
-    async def go(bus: Bus) -> int:
-        memory = bus.memory(args.agent)
-        if args.id:
-            pattern = await memory.pattern(args.id)
-            if args.json:
-                _out(json_line(pattern))
-            else:
-                _print(pattern_lines(pattern))
-            return 0
-        found = await memory.patterns(decision_type=args.type,
-                                      min_confidence=args.min_confidence,
-                                      include_shared=args.shared, limit=args.limit)
-        if args.json:
-            for p in found:
-                _out(json_line(p))
-        else:
-            _print_rows(patterns_table(found, args.agent),
-                        f"no patterns of {args.agent!r} (the coordinator learns them from "
-                        "outcomes: swarmbus coordinator)")
-        return 0
-
-    return with_bus(settings, go)
-
-
-def cmd_memory_stats(args: argparse.Namespace, settings: Settings) -> int:
-    async def go(bus: Bus) -> int:
-        memory = bus.memory(args.agent)
-        if args.type is not None:
-            rows = [await memory.stats(window=args.window, decision_type=args.type)]
-        else:
-            with bus.errors():
-                types = sorted(t.decode() for t in await bus.redis.smembers(
-                    bus.keys.memory(args.agent).types))
-            rows = [await memory.stats(window=args.window)]
-            for dtype in types:
-                row = await memory.stats(window=args.window, decision_type=dtype)
-                if row.count or row.outcomes:
-                    rows.append(row)
-        if args.json:
-            for row in rows:
-                _out(json_line(row))
-        else:
-            _print(decision_stats_table(rows))
-        return 0
-
-    return with_bus(settings, go)
-
-
-def cmd_memory_state(args: argparse.Namespace, settings: Settings) -> int:
-    async def go(bus: Bus) -> int:
-        state = await bus.memory(args.agent).state.get()
-        if args.json:
-            _out(json_line(state))
-        else:
-            _print(state_lines(args.agent, state))
-        return 0
-
-    return with_bus(settings, go)
-
-
-def cmd_memory_checkpoints(args: argparse.Namespace, settings: Settings) -> int:
-    async def go(bus: Bus) -> int:
-        found = await bus.memory(args.agent).state.checkpoints()
-        if args.json:
-            for c in found:
-                _out(json_line(c))
-        else:
-            _print_rows(checkpoints_table(found), f"agent {args.agent!r} has no checkpoints")
-        return 0
-
-    return with_bus(settings, go)
-
-
-def cmd_memory_rollback(args: argparse.Namespace, settings: Settings) -> int:
-    async def go(bus: Bus) -> int:
-        store = bus.memory(args.agent).state
-        kept = await store.checkpoints()  # newest first
-        chosen = next((c for c in kept if args.checkpoint in (None, c.id)), None)
-        # the latest by default, named, and restored exactly (not whatever is latest later)
-        state = await store.rollback(chosen.id if chosen else args.checkpoint)
-        if args.json:
-            _out(json_line(state))
-        elif chosen is None:  # only when it vanished between listing and restoring
-            _out(f"rolled back {args.agent} to checkpoint {args.checkpoint}: "
-                 f"state is now version {state.version}")
-        else:
-            _out(f"rolled back {args.agent} to checkpoint {chosen.id} "
-                 f"({chosen.label or 'no label'}, version {chosen.version}): "
-                 f"state is now version {state.version}")
-        return 0
-
-    return with_bus(settings, go)
-
-
-# -- coordinator, stats, backup ------------------------------------------------------------
-
-
-async def _stop_on_signals(
-    stop: Callable[[], None],
-    scope: anyio.CancelScope,
-    name: str,
-    *,
-    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
-) -> None:
-    """First SIGINT/SIGTERM: ``stop()`` (graceful); a second one cancels ``scope``."""
-    with anyio.open_signal_receiver(signals.SIGINT, signals.SIGTERM) as received:
-        task_status.started()
-        stopping = False
-        async for signum in received:
-            if stopping:
-                log.warning("coordinator_killed", coordinator=name, signal=int(signum))
-                scope.cancel()
-                return
-            stopping = True
-            log.info("coordinator_stopping", coordinator=name, signal=int(signum))
-            stop()
-
-
-def cmd_coordinator(args: argparse.Namespace, settings: Settings) -> int:
-    async def go(bus: Bus) -> int:
-        coordinator = Coordinator(
-            bus, name=args.name, checkpoint_every=args.checkpoint_every,
-            janitor_every=args.janitor_every, analytics_every=args.analytics_every,
-        )
-        async with anyio.create_task_group() as tg:
-            await tg.start(_stop_on_signals, coordinator.stop, tg.cancel_scope,
-                           coordinator.name)
-            await coordinator.run()
-            tg.cancel_scope.cancel()
-        return 0
-
-    return with_bus(settings, go)
-
-
-def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
-    async def go(bus: Bus) -> int:
-        with bus.errors():
-            agents = [args.agent] if args.agent else await discover_agents(bus)
-            rows = await analytics.report(bus, agents, window=args.window)
-            recent = await analytics.anomalies(bus, limit=100)
-        cutoff = datetime.now(UTC) - timedelta(seconds=args.window)
-        recent = [a for a in recent
-                  if a.at >= cutoff and (args.agent is None or a.agent == args.agent)]
-        if args.json:
-            for row in rows:
-                _out(json_line(row))
-            for a in recent:
-                _out(json_line({"kind": "anomaly", **a.model_dump(mode="json")}))
-            return 0
-        if not rows:
-            print(f"no agents in namespace {settings.namespace!r}", file=sys.stderr)
-        else:
-            _print(agent_stats_table(rows))
-        if recent:
-            if rows:
-                _out("")
-            _print(anomalies_table(recent))
-        return 0
-
-    return with_bus(settings, go)
-
-
-@contextmanager
-def _counting(action: str) -> Iterator[Callable[[int], None]]:
-    """A running record count on stderr (on a terminal only)."""
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-    console = make_console(stderr=True)
-    with Progress(SpinnerColumn(), TextColumn("{task.description} {task.completed} records"),
-                  TimeElapsedColumn(), console=console, transient=True,
-                  disable=not console.is_terminal) as bar:
-        task = bar.add_task(action, total=None)
-        yield lambda done: bar.update(task, completed=done)
-
-
-def cmd_backup_export(args: argparse.Namespace, settings: Settings) -> int:
-    async def go(bus: Bus) -> int:
-        try:  # a file problem is named as one (not as a Redis error)
-            open(args.file, "wb").close()  # noqa: ASYNC230 - a quick local check
-        except OSError as exc:
-            raise CommandFailed(f"cannot write {args.file}: {exc.strerror or exc}") from None
-        with _counting("exporting") as progress:
-            written = await export_backup(bus, args.file, progress=progress)
-        _out(f"exported {written} record{'s' * (written != 1)} to {args.file}")
-        return 0
-
-    return with_bus(settings, go)
-
-
-def cmd_backup_import(args: argparse.Namespace, settings: Settings) -> int:
-    try:
-        open(args.file, "rb").close()
-    except OSError as exc:
-        raise CommandFailed(f"{args.file}: cannot read backup: {exc.strerror or exc}") from None
-
-    async def go(bus: Bus) -> int:
-        with _counting("importing") as progress:
-            restored = await import_backup(bus, args.file, merge=args.merge, progress=progress)
-        _out(f"imported {restored} record{'s' * (restored != 1)} from {args.file}")
-        return 0
-
-    return with_bus(settings, go)
-
-
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     try:
         demo = importlib.import_module("swarmbus.demo")
     except ImportError as exc:
         raise CommandFailed(f"the demo is not available in this installation: {exc}") from exc
     return int(demo.main(settings, seconds=args.seconds, use_redis=args.redis is not None))
-
-
-# -- the parser ----------------------------------------------------------------------------
 
 
 def _command(
@@ -971,9 +515,6 @@ def _memory_parser(sub: Any) -> None:
     p.add_argument("--checkpoint", metavar="ID",
                    help="the checkpoint to restore (default: the latest)")
     _json_flag(p)
-
-
-# -- entry point ---------------------------------------------------------------------------
 
 
 def _settings(args: argparse.Namespace) -> Settings:
