@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ..bus.connection import register_memory_factory
-from .decisions import Decision, DecisionLog, DecisionStats, Reasoning
+from ..errors import NotFound
+from .decisions import Decision, DecisionLog, DecisionNotFound, DecisionStats, Reasoning
 from .patterns import Pattern, PatternStore, conditions
 from .state import NullState, StateStore
 
@@ -22,7 +23,8 @@ if TYPE_CHECKING:
     from ..bus.connection import Bus
     from .agent import Agent
 
-__all__ = ["DecisionHandle", "Memory", "NullMemory", "memory_for"]
+__all__ = ["DecisionHandle", "Memory", "NullDecisionLog", "NullMemory", "NullPatternStore",
+           "memory_for"]
 
 
 class DecisionHandle:
@@ -210,50 +212,23 @@ class Memory:
         return await self.store.share(pattern_id, with_agents)
 
 
-class NullMemory(Memory):
-    """Memory turned off: every call succeeds and remembers nothing."""
+class NullDecisionLog(DecisionLog):
+    """Decisions of an agent with memory off: made (ids, handles) but never stored."""
 
-    enabled = False
+    async def write(self, decision: Decision, *, stm: bool = True) -> bool:
+        return True  # as if stored, so ``record`` hands the decision back
 
-    def __init__(self, bus: Bus, agent: str | Agent) -> None:
-        super().__init__(bus, agent)
-        self.state = NullState(bus, self.agent)
-
-    async def register_profile(self) -> None:
-        return None
-
-    async def decide(
-        self,
-        decision_type: str,
-        *,
-        context: Mapping[str, Any] | None = None,
-        reasoning: Reasoning | Mapping[str, Any] | None = None,
-        parent_decision_id: str | None = None,
-        signal_id: str | None = None,
-        decision_id: str | None = None,
-        _signals: list[str] | None = None,
-    ) -> DecisionHandle:
-        decision = Decision(
-            id=decision_id or self.log.new_id(), agent=self.agent, agent_version=self.version,
-            decision_type=str(decision_type), context=dict(context or {}),
-            reasoning=Reasoning.model_validate(
-                reasoning if isinstance(reasoning, Reasoning) else dict(reasoning or {})
-            ),
-            signal_id=signal_id, parent_decision_id=parent_decision_id,
-            created_at=datetime.now(UTC),
-        )
-        return DecisionHandle(self, decision, _signals)
-
-    async def record_outcome(self, decision_id: str, **_: Any) -> bool:
+    async def write_outcome(self, decision_id: str, outcome: Any, **_: Any) -> bool:
         return False
 
-    async def decisions(self, **_: Any) -> list[Decision]:
+    async def get(self, decision_id: str) -> Decision:
+        raise DecisionNotFound(decision_id)
+
+    async def many(self, ids: list[str]) -> list[Decision]:
         return []
 
-    async def decision(self, decision_id: str) -> Decision:
-        from .decisions import DecisionNotFound
-
-        raise DecisionNotFound(decision_id)
+    async def query(self, **_: Any) -> list[Decision]:
+        return []
 
     async def chain(self, decision_id: str) -> list[Decision]:
         return []
@@ -267,16 +242,37 @@ class NullMemory(Memory):
             latency_p50_ms=None, latency_p95_ms=None,
         )
 
-    async def patterns(self, **_: Any) -> list[Pattern]:
+
+class NullPatternStore(PatternStore):
+    """Patterns of an agent with memory off: there are none."""
+
+    async def query(self, **_: Any) -> list[Pattern]:
         return []
 
-    async def match(self, context: Mapping[str, Any], **_: Any) -> list[Pattern]:
+    async def match(self, conds: Mapping[str, str], decision_type: str, *,
+                    limit: int = 10) -> list[Pattern]:
         return []
 
-    async def share(self, pattern_id: str, with_agents: Sequence[str]) -> Pattern:
-        from ..errors import NotFound
-
+    async def get(self, pattern_id: str) -> Pattern:
         raise NotFound(f"agent {self.agent!r} runs with memory off: no pattern {pattern_id!r}")
+
+
+class NullMemory(Memory):
+    """Memory turned off: every call succeeds and remembers nothing."""
+
+    enabled = False
+
+    def __init__(self, bus: Bus, agent: str | Agent) -> None:
+        super().__init__(bus, agent)
+        self.log = NullDecisionLog(bus, self.agent, self.version)
+        self.state = NullState(bus, self.agent)
+        self.store = NullPatternStore(bus, self.agent)
+
+    async def register_profile(self) -> None:
+        return None
+
+    async def decision_types(self) -> list[str]:
+        return []
 
 
 def memory_for(bus: Bus, agent: str | Agent) -> Memory:
