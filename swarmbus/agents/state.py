@@ -98,7 +98,8 @@ class StateStore:
     async def checkpoint(
         self, label: str = "", *, only_if_changed: bool = False
     ) -> Checkpoint | None:
-        """Snapshot the state; None when ``only_if_changed`` and nothing changed."""
+        """Snapshot the state; None when ``only_if_changed`` and nothing changed (or the
+        state was never set)."""
         checkpoint_id = new_id()
         now_ms = int(time.time() * 1000)
         keys = [self.keys.state, self.keys.checkpoints, self.keys.checkpoint(checkpoint_id)]

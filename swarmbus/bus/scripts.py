@@ -415,10 +415,12 @@ return {1, v}
 # CHECKPOINT — snapshot the current state.
 # KEYS: 1 state hash, 2 checkpoint index, 3 the new checkpoint hash
 # ARGV: 1 checkpoint id, 2 label, 3 now ms, 4 checkpoints kept, 5 checkpoint key prefix,
-#       6 '1' to skip when the state did not change since the last checkpoint
+#       6 '1' to skip when the state did not change since the last checkpoint (or was
+#       never set: there is nothing to keep)
 # Atomic: snapshot + index + trimming to the newest N (older snapshots are deleted; they
 # share the agent's hash tag). Returns {1, version} or {0, version} when skipped.
 CHECKPOINT = Script("checkpoint", """
+if ARGV[6] == '1' and redis.call('HEXISTS', KEYS[1], 'v') == 0 then return {0, 0} end
 local v = redis.call('HGET', KEYS[1], 'v') or '0'
 if ARGV[6] == '1' and redis.call('HGET', KEYS[1], 'cv') == v then return {0, tonumber(v)} end
 local seq = redis.call('HINCRBY', KEYS[1], 'cseq', 1)

@@ -168,10 +168,7 @@ class Coordinator:
     async def _checkpoints(self, token: int) -> None:
         made = 0
         for agent in self.agents:
-            store = StateStore(self.bus, agent)
-            if (await store.get()).version and await store.checkpoint(
-                "auto", only_if_changed=True
-            ):
+            if await StateStore(self.bus, agent).checkpoint("auto", only_if_changed=True):
                 made += 1
         if made:
             log.info("checkpoints_taken", count=made)
