@@ -61,6 +61,7 @@ from .cli_support import (
     load_data,
     moment,
     period,
+    show,
     since,
     with_bus,
 )
@@ -209,10 +210,7 @@ def cmd_dlq_show(args: argparse.Namespace, settings: Settings) -> int:
             if not found:
                 raise NotFound(f"no dead letter {args.id!r} on {args.topic} {hint}")
             letter = found[0]
-        if args.json:
-            _out(json_line(letter))
-        else:
-            _print(dead_letter_lines(letter))
+        show(letter, dead_letter_lines, args.json)
         return 0
 
     return with_bus(settings, go)

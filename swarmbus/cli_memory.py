@@ -32,6 +32,7 @@ from .cli_support import (
     _print_rows,
     _stop_on_signals,
     emit,
+    show,
     with_bus,
 )
 from .coordinator import Coordinator, analytics
@@ -66,10 +67,7 @@ def cmd_memory_decisions(args: argparse.Namespace, settings: Settings) -> int:
         memory = bus.memory(args.agent)
         if args.id:
             decision = await memory.decision(args.id)
-            if args.json:
-                _out(json_line(decision))
-            else:
-                _print(decision_lines(decision))
+            show(decision, decision_lines, args.json)
             return 0
         if args.chain:
             chain = await memory.chain(args.chain)
@@ -100,10 +98,7 @@ def cmd_memory_patterns(args: argparse.Namespace, settings: Settings) -> int:
         memory = bus.memory(args.agent)
         if args.id:
             pattern = await memory.pattern(args.id)
-            if args.json:
-                _out(json_line(pattern))
-            else:
-                _print(pattern_lines(pattern))
+            show(pattern, pattern_lines, args.json)
             return 0
         found = await memory.patterns(decision_type=args.type,
                                       min_confidence=args.min_confidence,

@@ -71,34 +71,28 @@ def duration(text: str) -> float:
     return seconds
 
 
-def since(text: str) -> timedelta | datetime | str:
-    """A duration back from now, a stream entry id, or an ISO datetime (naive = UTC)."""
-    if _ENTRY_ID.match(text.strip()):
-        return text.strip()
-    if _DURATION.match(text):
-        return timedelta(seconds=duration(text))
-    try:
-        moment = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"invalid --since {text!r}: use a duration (10m), an entry id (1712345678901-0) "
-            "or an ISO datetime (2024-04-05T12:00:00Z)"
-        ) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-def moment(text: str) -> timedelta | datetime:
-    """A duration back from now, or an ISO datetime (naive = UTC)."""
+def _moment(text: str, error: str) -> timedelta | datetime:
     if _DURATION.match(text):
         return timedelta(seconds=duration(text))
     try:
         value = datetime.fromisoformat(text.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"invalid time {text!r}: use a duration back from now (1h) "
-            "or an ISO datetime (2024-04-05T12:00:00Z)"
-        ) from None
+        raise argparse.ArgumentTypeError(error) from None
     return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def since(text: str) -> timedelta | datetime | str:
+    """A duration back from now, a stream entry id, or an ISO datetime (naive = UTC)."""
+    if _ENTRY_ID.match(text.strip()):
+        return text.strip()
+    return _moment(text, f"invalid --since {text!r}: use a duration (10m), an entry id "
+                         "(1712345678901-0) or an ISO datetime (2024-04-05T12:00:00Z)")
+
+
+def moment(text: str) -> timedelta | datetime:
+    """A duration back from now, or an ISO datetime (naive = UTC)."""
+    return _moment(text, f"invalid time {text!r}: use a duration back from now (1h) "
+                         "or an ISO datetime (2024-04-05T12:00:00Z)")
 
 
 def period(text: str) -> float:
@@ -259,6 +253,14 @@ def _counting(action: str) -> Iterator[Callable[[int], None]]:
                   disable=not console.is_terminal) as bar:
         task = bar.add_task(action, total=None)
         yield lambda done: bar.update(task, completed=done)
+
+
+def show(item: BaseModel, lines: Callable[[Any], Iterable[Text]], as_json: bool) -> None:
+    """One object to stdout: a JSON line, or its human lines."""
+    if as_json:
+        _out(json_line(item))
+    else:
+        _print(lines(item))
 
 
 def emit(items: Sequence[BaseModel], table: Callable[[Any], Sequence[Text]], as_json: bool,
