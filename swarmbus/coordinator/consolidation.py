@@ -10,6 +10,7 @@ the patterns always equal a recomputation from the decision records.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -96,20 +97,36 @@ async def fold_entries(
 
 
 async def consolidate(
-    bus: Bus, agent: str, consumer: str, *, count: int = 500, pending: bool = False
+    bus: Bus,
+    agents: str | Sequence[str],
+    consumer: str,
+    *,
+    count: int = 500,
+    pending: bool = False,
+    block: float | None = None,
 ) -> int:
-    """Read up to ``count`` STM events of ``agent`` and fold them; returns events handled.
+    """Read up to ``count`` STM events per agent, in one call for all of them, and fold
+    them; returns the events handled.
 
     :param pending: re-read this consumer's own unacked events (after a restart) instead
         of new ones.
+    :param block: seconds to wait for new events when there are none (real Redis only).
     """
-    stm = bus.keys.memory(agent).stm
-    reply = await bus.redis.xreadgroup(GROUP, consumer, {stm: "0" if pending else ">"},
-                                       count=count)
-    entries = reply[0][1] if reply else []
-    if entries:
-        await fold_entries(bus, agent, entries)
-    return len(entries)
+    names = [agents] if isinstance(agents, str) else list(agents)
+    if not names:
+        return 0
+    streams = {bus.keys.memory(a).stm: "0" if pending else ">" for a in names}
+    reply = await bus.redis.xreadgroup(
+        GROUP, consumer, streams, count=count,
+        block=None if block is None or pending else int(block * 1000),
+    )
+    handled = 0
+    for stream, entries in reply or []:
+        agent = bus.keys.agent_of_stm(stream.decode())
+        if agent is not None and entries:
+            await fold_entries(bus, agent, entries)
+            handled += len(entries)
+    return handled
 
 
 async def reclaim(bus: Bus, agent: str, consumer: str, *, min_idle: float,

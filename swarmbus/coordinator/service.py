@@ -123,9 +123,10 @@ class Coordinator:
                 if time.monotonic() >= next_discovery:
                     await self._discover()
                     next_discovery = time.monotonic() + self.discover_every
-                handled = 0
-                for agent in self.agents:
-                    handled += await consolidate(self.bus, agent, self.name, count=self.batch)
+                handled = await consolidate(
+                    self.bus, self.agents, self.name, count=self.batch,
+                    block=None if self.bus.embedded else self.poll,
+                )
                 if time.monotonic() >= next_reclaim:
                     for agent in self.agents:
                         handled += await reclaim(self.bus, agent, self.name,
@@ -133,8 +134,8 @@ class Coordinator:
                     next_reclaim = time.monotonic() + self.reclaim_idle / 2
                 self.folded += handled
                 delay = 0.0
-                if not handled:
-                    await anyio.sleep(self.poll)
+                if not handled and (self.bus.embedded or not self.agents):
+                    await anyio.sleep(self.poll)  # nothing to block on
             except _CONNECTION_ERRORS as exc:
                 delay = min(max(delay * 2, 0.1), 5.0)
                 log.warning("coordinator_connection_lost", error=str(exc), retry_in=delay)
