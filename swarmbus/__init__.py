@@ -22,7 +22,9 @@ from .errors import BusResponseError as BusResponseError
 from .errors import ConfigurationError as ConfigurationError
 from .errors import Conflict as Conflict
 from .errors import DecodeError as DecodeError
+from .errors import EffectConflict as EffectConflict
 from .errors import HandlerControl as HandlerControl
+from .errors import HandlerTimeout as HandlerTimeout
 from .errors import InvalidData as InvalidData
 from .errors import InvalidSignal as InvalidSignal
 from .errors import NotFound as NotFound
@@ -50,8 +52,10 @@ __all__ = [
     "DeadLetter",
     "DecodeError",
     "Delivery",
+    "EffectConflict",
     "GroupInfo",
     "HandlerControl",
+    "HandlerTimeout",
     "InvalidData",
     "InvalidSignal",
     "NotFound",

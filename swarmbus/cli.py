@@ -86,7 +86,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         await worker.run(handle_signals=True)
         return 0
 
-    return with_bus(settings, go)
+    return with_bus(settings, go, patient=True)
 
 
 def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
@@ -145,7 +145,7 @@ def cmd_tail(args: argparse.Namespace, settings: Settings) -> int:
                 console.print(signal_line(signal))
         return 0
 
-    return with_bus(settings, go)
+    return with_bus(settings, go, patient=args.follow)
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:

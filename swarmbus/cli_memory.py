@@ -194,7 +194,7 @@ def cmd_coordinator(args: argparse.Namespace, settings: Settings) -> int:
             tg.cancel_scope.cancel()
         return 0
 
-    return with_bus(settings, go)
+    return with_bus(settings, go, patient=True)
 
 
 def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:

@@ -180,19 +180,48 @@ def load_app(spec: str) -> list[Agent]:
     return agents
 
 
-def with_bus(settings: Settings, func: Callable[[Bus], Awaitable[int]]) -> int:
-    """Run ``func(bus)`` in an event loop with a connected bus that is always closed."""
+def with_bus(
+    settings: Settings, func: Callable[[Bus], Awaitable[int]], *, patient: bool = False
+) -> int:
+    """Run ``func(bus)`` in an event loop with a connected bus that is always closed.
+
+    :param patient: for services (``run``, ``coordinator``, ``tail -f``): when Redis is
+        not there yet, log and keep trying instead of failing (they ride out outages
+        later on too). One-shot commands fail at once with a one-line error.
+    """
 
     async def go() -> int:
         bus = connect(settings=settings)
         try:
-            await bus.ping()
+            if patient:
+                await _wait_for_redis(bus)
+            else:
+                await bus.ping()
             return await func(bus)
         finally:
             with anyio.CancelScope(shield=True):
                 await bus.close()
 
     return anyio.run(go)
+
+
+async def _wait_for_redis(bus: Bus) -> None:
+    from .bus.backoff import Backoff
+    from .bus.faults import is_transient, ride_out
+
+    backoff = Backoff(cap=10.0)
+    while True:
+        try:
+            await bus.ping()
+            return
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            await ride_out(exc, backoff, log, "connect", redis=settings_url(bus))
+
+
+def settings_url(bus: Bus) -> str:
+    return bus.settings.masked_url
 
 
 def _out(line: str) -> None:

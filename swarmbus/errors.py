@@ -12,8 +12,10 @@ The tree::
     ├── NotFound
     │   └── SignalNotFound        no status for that signal id
     ├── Conflict
-    │   └── StateConflict         optimistic lock lost (memory state)
+    │   ├── StateConflict         optimistic lock lost (memory state)
+    │   └── EffectConflict        a re-run's effect does not match the one recorded
     ├── WaitTimeout               ``Bus.wait`` gave up (also a ``TimeoutError``)
+    ├── HandlerTimeout            a handler ran past ``handler_timeout`` (a failed attempt)
     └── HandlerControl            raised *by handlers* to steer delivery
         ├── Retry                 retry after ``delay`` seconds
         └── Reject                dead-letter at once with ``reason``
@@ -25,6 +27,7 @@ an invalid field: it names the field, which is what a caller needs.
 
 from __future__ import annotations
 
+import math
 from datetime import timedelta
 
 __all__ = [
@@ -33,7 +36,9 @@ __all__ = [
     "ConfigurationError",
     "Conflict",
     "DecodeError",
+    "EffectConflict",
     "HandlerControl",
+    "HandlerTimeout",
     "InvalidData",
     "InvalidSignal",
     "NotFound",
@@ -110,8 +115,26 @@ class StateConflict(Conflict):
     """An agent's state moved on since the version the caller expected."""
 
 
+class EffectConflict(Conflict):
+    """An effect (published signal or decision) derived for a handler re-run finds a
+    different record already stored under its id: the handler is not deterministic in
+    what it does under that ``key=``. Give distinct effects distinct keys."""
+
+
 class WaitTimeout(SwarmbusError, TimeoutError):
     """``Bus.wait`` reached its timeout before every target was terminal."""
+
+
+class HandlerTimeout(SwarmbusError, TimeoutError):
+    """A handler ran longer than ``Settings.handler_timeout``: a failed attempt.
+
+    An async handler is cancelled at the deadline. A plain ``def`` handler runs in a
+    thread, which cannot be interrupted: the attempt counts as failed when it returns.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        super().__init__(f"handler ran past handler_timeout ({seconds:g} s)")
 
 
 class HandlerControl(SwarmbusError):
@@ -127,6 +150,12 @@ class Retry(HandlerControl):
     def __init__(self, delay: float | timedelta | None = None, reason: str = "") -> None:
         if isinstance(delay, timedelta):
             delay = delay.total_seconds()
+        if delay is not None:
+            if isinstance(delay, bool) or not isinstance(delay, int | float):
+                raise TypeError(f"Retry delay must be seconds or a timedelta, got {delay!r}")
+            if not math.isfinite(delay) or delay < 0:
+                raise ValueError(f"Retry delay must be finite and >= 0 seconds, got {delay!r}")
+            delay = float(delay)
         self.delay = delay
         self.reason = reason
         super().__init__(reason or f"retry requested (delay={delay})")

@@ -72,13 +72,16 @@ class Settings(BaseSettings):
     reclaim_budget: int = Field(default=100, ge=1)
     #: Seconds a stopping worker waits for in-flight handlers.
     shutdown_grace: float = Field(default=10.0, ge=0)
+    #: Seconds a handler may run before its attempt counts as failed (``HandlerTimeout``);
+    #: None for no limit. Async handlers are cancelled at the deadline.
+    handler_timeout: float | None = Field(default=None, gt=0)
     log_format: Literal["console", "json"] | None = None
     log_level: str = "info"
 
     @field_validator(
         "claim_idle", "retry_backoff", "retry_backoff_max", "signal_ttl", "stm_ttl",
         "decision_retention", "status_grace", "block_timeout", "shutdown_grace",
-        mode="before",
+        "handler_timeout", mode="before",
     )
     @classmethod
     def _durations(cls, value: Any) -> Any:

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import redis
 
+from .bus.faults import CONNECTION_ERRORS
+
 __all__ = ["REDIS_SERVER", "RedisProcess", "free_port"]
 
 REDIS_SERVER = shutil.which("redis-server")
@@ -71,7 +73,7 @@ class RedisProcess:
                     if client.ping():
                         # AOF replay finished when the server accepts commands
                         return
-                except (redis.ConnectionError, redis.BusyLoadingError):
+                except CONNECTION_ERRORS:  # still starting, or loading its AOF
                     if self.proc.poll() is not None:
                         log = (self.dir / "redis.log").read_text(errors="replace")[-2000:]
                         raise RuntimeError(f"redis-server exited: {log}") from None

@@ -23,8 +23,10 @@ PUBLIC = [
     "DeadLetter",
     "DecodeError",
     "Delivery",
+    "EffectConflict",
     "GroupInfo",
     "HandlerControl",
+    "HandlerTimeout",
     "InvalidData",
     "InvalidSignal",
     "NotFound",
@@ -81,7 +83,7 @@ def test_version_is_a_string() -> None:
 
 def test_exceptions_are_found() -> None:
     # Guards the parametrisation below against silently testing nothing.
-    assert len(EXCEPTIONS) == 16
+    assert len(EXCEPTIONS) == 18
     assert set(EXCEPTIONS) == set(errors.__all__)
 
 
@@ -104,6 +106,7 @@ def test_every_exception_derives_from_swarmbus_error(name: str) -> None:
         ("BusConnectionError", ConnectionError),
         ("NotFound", LookupError),
         ("WaitTimeout", TimeoutError),
+        ("HandlerTimeout", TimeoutError),
     ],
 )
 def test_exceptions_are_also_the_matching_builtin(name: str, builtin: type) -> None:
@@ -117,6 +120,7 @@ def test_exceptions_are_also_the_matching_builtin(name: str, builtin: type) -> N
         ("DecodeError", "InvalidSignal"),
         ("SignalNotFound", "NotFound"),
         ("StateConflict", "Conflict"),
+        ("EffectConflict", "Conflict"),
         ("Retry", "HandlerControl"),
         ("Reject", "HandlerControl"),
         ("InvalidData", "Reject"),
@@ -137,6 +141,18 @@ def test_retry_delay_from_timedelta_is_seconds() -> None:
     assert swarmbus.Retry(timedelta(milliseconds=1500)).delay == 1.5
     assert swarmbus.Retry(3).delay == 3
     assert swarmbus.Retry().delay is None
+
+
+@pytest.mark.parametrize("delay", [float("nan"), float("inf"), -float("inf"), -1.0, -1e-9])
+def test_retry_refuses_delays_that_are_not_finite_seconds(delay: float) -> None:
+    with pytest.raises(ValueError, match="finite and >= 0"):
+        swarmbus.Retry(delay)
+
+
+@pytest.mark.parametrize("delay", ["1", True, [1]])
+def test_retry_refuses_delays_that_are_not_numbers(delay: object) -> None:
+    with pytest.raises(TypeError, match="seconds or a timedelta"):
+        swarmbus.Retry(delay)  # type: ignore[arg-type]
 
 
 def test_retry_and_reject_carry_their_reason() -> None:

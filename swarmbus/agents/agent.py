@@ -19,8 +19,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Agent", "HandlerFunc", "Route"]
 
-#: ``async def handler(signal: Signal, ctx: Context) -> None``
-HandlerFunc = Callable[["Signal", "Context"], Awaitable[Any]]
+#: ``async def handler(signal: Signal, ctx: Context) -> None``, or a plain ``def``
+HandlerFunc = Callable[["Signal", "Context"], Awaitable[Any]] | Callable[["Signal", "Context"], Any]
 F = TypeVar("F", bound=HandlerFunc)
 
 
@@ -29,6 +29,8 @@ class Route:
     topic: str
     func: HandlerFunc
     data: type[BaseModel] | None
+    #: False for a plain ``def`` handler: it runs in a worker thread.
+    is_async: bool = True
 
 
 class Agent:
@@ -68,7 +70,12 @@ class Agent:
         return sorted(self.routes)
 
     def on(self, type: str, *, data: type[BaseModel] | None = None) -> Callable[[F], F]:
-        """Register the decorated coroutine as this agent's handler for signals of ``type``.
+        """Register the decorated function as this agent's handler for signals of ``type``.
+
+        ``async def`` handlers run on the event loop. Plain ``def`` handlers (blocking SDK
+        calls, CPU work) run in a worker thread, as FastAPI runs them, bounded by the
+        worker's concurrency; from there, ``ctx.call(ctx.publish, ...)`` runs any of the
+        context's coroutines.
 
         :param data: a pydantic model ``signal.data`` must validate into; the instance is
             ``ctx.data``. Data that does not validate is dead-lettered at once.
@@ -80,17 +87,19 @@ class Agent:
 
         def register(func: F) -> F:
             registered: F = func  # the check below narrows ``func``; return it as given
-            if not inspect.iscoroutinefunction(func):
+            if not callable(func) or inspect.isclass(func):
                 raise ConfigurationError(
-                    f"handler {getattr(func, '__name__', func)!r} for {type!r} must be an "
-                    "async function: async def handler(signal, ctx)"
+                    f"handler {func!r} for {type!r} must be a function: "
+                    "async def handler(signal, ctx) or def handler(signal, ctx)"
                 )
             if type in self.routes:
                 raise ConfigurationError(
                     f"agent {self.name!r} already handles {type!r} "
                     f"with {getattr(self.routes[type].func, '__name__', '?')!r}"
                 )
-            self.routes[type] = Route(type, func, data)
+            is_async = inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(
+                builtins.type(func).__call__)
+            self.routes[type] = Route(type, func, data, is_async)
             return registered
 
         return register

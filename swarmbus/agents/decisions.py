@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..bus import scripts
 from ..bus.keys import AgentKeys
 from ..bus.signal import new_id
-from ..errors import NotFound
+from ..errors import EffectConflict, NotFound
 
 if TYPE_CHECKING:
     from ..bus.connection import Bus
@@ -118,6 +118,12 @@ class DecisionStats(BaseModel):
     latency_p95_ms: float | None
 
 
+def _essence(decision: Decision) -> Any:
+    """What makes two records the same decision (ids and times aside)."""
+    return decision.model_dump(mode="json", include={
+        "decision_type", "context", "reasoning", "parent_decision_id", "signal_id"})
+
+
 def decision_agent(decision_id: str) -> str | None:
     """The agent a decision id belongs to (ids are ``AGENT~ID``)."""
     agent, sep, _ = decision_id.partition("~")
@@ -187,7 +193,8 @@ class DecisionLog:
         decision_id: str | None = None,
         conditions: dict[str, str] | None = None,
     ) -> Decision:
-        """Record a decision (a no-op if ``decision_id`` was recorded already)."""
+        """Record a decision; a no-op returning the stored one if ``decision_id`` was
+        recorded already with the same content, ``EffectConflict`` if with another."""
         decision = Decision(
             id=decision_id or self.new_id(),
             agent=self.agent,
@@ -202,7 +209,14 @@ class DecisionLog:
         )
         if await self.write(decision):
             return decision
-        return await self.get(decision.id)
+        stored = await self.get(decision.id)
+        if _essence(stored) != _essence(decision):
+            raise EffectConflict(
+                f"decision {decision.id} is already recorded with another type, context, "
+                f"reasoning or parent ({stored.decision_type!r}, not "
+                f"{decision.decision_type!r}); give distinct decisions distinct key= values"
+            )
+        return stored
 
     async def write(self, decision: Decision, *, stm: bool = True) -> bool:
         """Store a decision record as it is (``stm=False``: no STM event, for restores).

@@ -1,17 +1,20 @@
 """Heartbeats: which consumers of which agents are alive, and what they are doing.
 
-Each consumer's last record (JSON) lives in one hash and its last beat in one sorted set.
-A consumer whose last beat is older than its own ``ttl`` is dead: it stopped beating
-without deregistering (crash, SIGKILL, lost host). Dead ones are listed for a day.
+Each consumer's last record (JSON) lives in one hash and its last beat in one sorted set,
+stamped with the Redis server's clock (the HEARTBEAT script reads ``TIME``). A consumer
+whose last beat is older than its own ``ttl`` by that same clock is dead: it stopped
+beating without deregistering (crash, SIGKILL, lost host). Hosts whose clocks disagree
+never make a live consumer look dead. Dead ones are listed for a day.
 """
 
 from __future__ import annotations
 
-import time
 from datetime import datetime
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict
+
+from ..bus import scripts
 
 if TYPE_CHECKING:
     from ..bus.connection import Bus
@@ -69,13 +72,20 @@ async def beat(
 ) -> None:
     """Write heartbeat records and interval metrics (one round trip for a whole worker)."""
     keys = bus.keys
-    async with bus.redis.pipeline(transaction=False) as pipe:
-        pipe.hset(keys.heartbeat_records, mapping={r.member: r.model_dump_json() for r in records})
-        pipe.zadd(keys.heartbeats, {r.member: int(r.last_beat.timestamp() * 1000) for r in records})
-        for m in metrics or []:
-            pipe.xadd(keys.memory(m.agent).metrics, {"m": m.model_dump_json()},
-                      maxlen=METRICS_KEPT, approximate=True)
-        await pipe.execute()
+    args: list[str] = []
+    for r in records:
+        args += [r.member, r.model_dump_json()]
+    calls = [(scripts.HEARTBEAT, [keys.heartbeats, keys.heartbeat_records], args)]
+    results = await scripts.run_many(bus.redis, calls)
+    if metrics:
+        async with bus.redis.pipeline(transaction=False) as pipe:
+            for m in metrics:
+                pipe.xadd(keys.memory(m.agent).metrics, {"m": m.model_dump_json()},
+                          maxlen=METRICS_KEPT, approximate=True)
+            await pipe.execute()
+    for result in results:
+        if isinstance(result, Exception):
+            raise result
 
 
 async def forget(bus: Bus, members: list[str]) -> None:
@@ -90,18 +100,34 @@ async def forget(bus: Bus, members: list[str]) -> None:
 
 
 async def heartbeats(bus: Bus) -> list[Heartbeat]:
-    """Every consumer seen in the last day, live ones first, each marked alive or not."""
+    """Every consumer seen in the last day, live ones first, each marked alive or not.
+
+    Alive means: its last beat, by the server's clock, is within its ``ttl`` of the
+    server's ``TIME`` now. A record without a beat (or unreadable) counts as dead.
+    """
     keys = bus.keys
-    now = time.time()
     with bus.errors():
-        stale = await bus.redis.zrangebyscore(keys.heartbeats, 0, int((now - DEAD_KEPT) * 1000))
+        async with bus.redis.pipeline(transaction=False) as pipe:
+            pipe.time()
+            pipe.zrange(keys.heartbeats, 0, -1, withscores=True)
+            pipe.hgetall(keys.heartbeat_records)
+            server, stamps, records = await pipe.execute()
+        now = float(server[0]) + float(server[1]) / 1e6
+        beaten = {m.decode(): float(score) / 1000 for m, score in stamps}
+        stale = [m for m, at in beaten.items() if now - at > DEAD_KEPT]
         if stale:
-            await forget(bus, [m.decode() for m in stale])
-        records = await bus.redis.hgetall(keys.heartbeat_records)
+            await forget(bus, stale)
     out = []
-    for raw in records.values():
-        h = Heartbeat.model_validate_json(raw)
-        alive = now - h.last_beat.timestamp() <= h.ttl
+    for member, raw in records.items():
+        name = member.decode("utf-8", "replace")
+        if name in stale:
+            continue
+        try:
+            h = Heartbeat.model_validate_json(raw)
+        except ValueError:
+            continue
+        at = beaten.get(name)
+        alive = at is not None and now - at <= h.ttl
         out.append(h if alive else h.model_copy(update={"alive": False}))
     out.sort(key=lambda h: (not h.alive, h.agent, h.consumer))
     return out

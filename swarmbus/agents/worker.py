@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import signal as signals
 import socket
@@ -16,7 +17,10 @@ import structlog
 from anyio.abc import TaskStatus
 from pydantic import ValidationError
 
+from ..bus.backoff import Backoff
 from ..bus.consume import Consumer, Delivery, Handler, Slots, new_consumer_name
+from ..bus.faults import describe, ride_out
+from ..bus.leases import LeaseKeeper
 from ..errors import ConfigurationError, InvalidData
 from .agent import Agent, Route
 from .context import Context
@@ -31,8 +35,6 @@ __all__ = ["Worker"]
 
 log = structlog.get_logger(__name__)
 
-_CONNECTION_ERRORS = (ConnectionError, TimeoutError, OSError)
-
 
 def _describe(exc: ValidationError) -> str:
     return "; ".join(
@@ -43,9 +45,12 @@ def _describe(exc: ValidationError) -> str:
 class Worker:
     """Run ``agents`` against ``bus`` until ``stop()``, cancellation or SIGINT/SIGTERM.
 
-    All agents of one worker share ``concurrency`` handler slots. On stop the worker stops
-    reading, lets in-flight handlers finish within ``Settings.shutdown_grace``, flushes
-    their acks, deregisters its heartbeats and leaves everything else pending for others.
+    All agents of one worker share ``concurrency`` handler slots and one lease keeper (a
+    thread that keeps held entries leased whatever the handlers do to the event loop).
+    Plain ``def`` handlers run in worker threads, bounded by the same slots. On stop the
+    worker stops reading, lets in-flight handlers finish within ``Settings.shutdown_grace``,
+    flushes their acks, deregisters its heartbeats and hands everything else back at once.
+    Redis going away never stops it: every task backs off and resumes.
 
     :param agents: an ``Agent`` or a list of them (names must differ).
     :param concurrency: in-flight handlers for the whole process (default from settings).
@@ -76,6 +81,8 @@ class Worker:
                 )
         self.name = consumer_name or new_consumer_name()
         self.slots = Slots(concurrency or bus.settings.concurrency)
+        self.keeper = LeaseKeeper(bus)
+        self._limiter: anyio.CapacityLimiter | None = None
         self.heartbeat_interval = heartbeat_interval
         self.memories = {a.name: memory_for(bus, a) for a in self.agents}
         self.consumers: list[Consumer] = [
@@ -84,6 +91,7 @@ class Worker:
                 {topic: self._handler(agent, route) for topic, route in agent.routes.items()},
                 consumer_name=self.name,
                 slots=self.slots,
+                keeper=self.keeper,
             )
             for agent in self.agents
         ]
@@ -115,11 +123,12 @@ class Worker:
     ) -> None:
         """Serve until stopped. ``handle_signals``: first SIGINT/SIGTERM stops gracefully,
         a second one cancels at once."""
+        self._limiter = anyio.CapacityLimiter(self.slots.limit)
         async with anyio.create_task_group() as tg:
             if handle_signals:
                 tg.start_soon(self._watch_signals, tg.cancel_scope)
-            for memory in self.memories.values():
-                await memory.register_profile()
+            await tg.start(self.keeper.run)
+            await self._register_profiles()
             async with anyio.create_task_group() as consumers:
                 for consumer in self.consumers:
                     await consumers.start(consumer.run)
@@ -131,9 +140,21 @@ class Worker:
         with anyio.CancelScope(shield=True), anyio.move_on_after(5):
             try:
                 await forget(self.bus, [self._heartbeat(c).member for c in self.consumers])
-            except _CONNECTION_ERRORS:
-                pass
+            except Exception as exc:  # it will show as dead, then be forgotten
+                log.warning("deregister_failed", worker=self.name, error=describe(exc))
         log.info("worker_stopped", worker=self.name, processed=self.processed, failed=self.failed)
+
+    async def _register_profiles(self) -> None:
+        """Publish every agent's pattern features, waiting for Redis if it is away."""
+        backoff = Backoff()
+        pending = list(self.memories.values())
+        while pending and not self._stop_requested:
+            try:
+                await pending[0].register_profile()
+                pending.pop(0)
+                backoff.reset()
+            except Exception as exc:
+                await ride_out(exc, backoff, log, "register", worker=self.name)
 
     async def _watch_signals(self, scope: anyio.CancelScope) -> None:
         with anyio.open_signal_receiver(signals.SIGINT, signals.SIGTERM) as received:
@@ -178,6 +199,7 @@ class Worker:
 
     async def _heartbeats(self) -> None:
         last = time.monotonic()
+        backoff = Backoff(cap=self.heartbeat_interval)
         while True:
             now = time.monotonic()
             metrics = [self._metrics(c, now - last) for c in self.consumers]
@@ -185,8 +207,10 @@ class Worker:
             try:
                 await beat(self.bus, [self._heartbeat(c) for c in self.consumers],
                            [m for m in metrics if m.handled or m.failed])
-            except _CONNECTION_ERRORS as exc:
-                log.debug("heartbeat_skipped", worker=self.name, error=str(exc))
+                backoff.reset()
+            except Exception as exc:
+                await ride_out(exc, backoff, log, "heartbeat", worker=self.name)
+                continue
             await anyio.sleep(self.heartbeat_interval)
 
     def _handler(self, agent: Agent, route: Route) -> Handler:
@@ -203,7 +227,16 @@ class Worker:
                         f"data does not match {route.data.__name__}: {_describe(exc)}"
                     ) from None
             ctx = Context(bus, agent, signal, delivery, data, memory)
-            await route.func(signal, ctx)
+            if route.is_async:
+                await route.func(signal, ctx)
+            else:  # a plain def: in a worker thread, so it cannot block the event loop
+                result = await anyio.to_thread.run_sync(route.func, signal, ctx,
+                                                        limiter=self._limiter)
+                if inspect.isawaitable(result):
+                    await result
             return ctx.decision_id
 
+        # the stall watchdog names the user's handler, not this wrapper
+        handle.__qualname__ = getattr(route.func, "__qualname__", handle.__qualname__)
+        handle.__module__ = getattr(route.func, "__module__", handle.__module__)
         return handle

@@ -17,10 +17,12 @@ from redis.backoff import ExponentialBackoff
 
 from ..errors import BusConnectionError, BusResponseError, ConfigurationError, SwarmbusError
 from ..settings import Settings, mask_url
+from .faults import CONNECTION_ERRORS
 from .keys import Keys
 
 if TYPE_CHECKING:
     from .consume import Consumer, Handler, Slots
+    from .leases import LeaseKeeper
     from .signal import Signal
     from .status import DeadLetter, GroupInfo, SignalStatus
 
@@ -40,7 +42,7 @@ def register_memory_factory(factory: Callable[[Bus, Any], Any]) -> None:
 _memory_lock = threading.Lock()
 
 
-def _memory_client(url: str) -> aioredis.Redis:
+def _memory_server(url: str) -> Any:
     import fakeredis
 
     name = url.split("://", 1)[1].strip("/") or "default"
@@ -49,7 +51,13 @@ def _memory_client(url: str) -> aioredis.Redis:
         if server is None:
             server = fakeredis.FakeServer(version=(7,))
             _memory_servers[name] = server
-    client: aioredis.Redis = fakeredis.FakeAsyncRedis(server=server, version=(7,))
+    return server
+
+
+def _memory_client(url: str) -> aioredis.Redis:
+    import fakeredis
+
+    client: aioredis.Redis = fakeredis.FakeAsyncRedis(server=_memory_server(url), version=(7,))
     return client
 
 
@@ -84,7 +92,7 @@ def translate_errors(settings: Settings) -> Iterator[None]:
         yield
     except SwarmbusError:
         raise
-    except (rexc.ConnectionError, rexc.TimeoutError, OSError) as exc:
+    except CONNECTION_ERRORS as exc:
         raise BusConnectionError(
             f"cannot reach redis at {settings.masked_url}: {_scrub(exc, settings)}"
         ) from exc
@@ -149,6 +157,28 @@ class Bus:
     def errors(self) -> Any:
         """Context manager translating redis-py errors for this bus's settings."""
         return translate_errors(self.settings)
+
+    def sync_client(self, *, socket_timeout: float = 5.0) -> Any:
+        """A blocking client on the same server, for threads (lease renewal).
+
+        A connection of its own: what the event loop's pool does (or fails to do) never
+        delays it. On the embedded backend it shares the in-process server.
+        """
+        if self.embedded:
+            import fakeredis
+
+            return fakeredis.FakeRedis(server=_memory_server(self.settings.redis_url),
+                                       version=(7,))
+        import redis
+
+        tcp: dict[str, Any] = {}
+        if not self.settings.redis_url.lower().startswith("unix://"):
+            tcp["socket_keepalive"] = True
+        return redis.Redis.from_url(
+            self.settings.redis_url, decode_responses=False, socket_timeout=socket_timeout,
+            socket_connect_timeout=min(socket_timeout, 5.0), **tcp,
+            client_name=f"swarmbus:{self.settings.namespace}:leases",
+        )
 
     # -- topics ---------------------------------------------------------------------------
 
@@ -260,13 +290,14 @@ class Bus:
         concurrency: int | None = None,
         consumer_name: str | None = None,
         slots: Slots | None = None,
+        keeper: LeaseKeeper | None = None,
     ) -> Consumer:
         """A consumer of ``agent``'s group on each topic in ``handlers``."""
         from .consume import Consumer
 
         return Consumer(
             self, agent, handlers, concurrency=concurrency, consumer_name=consumer_name,
-            slots=slots,
+            slots=slots, keeper=keeper,
         )
 
 

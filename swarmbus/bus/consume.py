@@ -2,9 +2,15 @@
 
 A ``Consumer`` serves one agent (one consumer group per topic) under one consumer name.
 It reads its own pending entries first, then new ones; reclaims entries that sat idle on
-dead consumers; leases what it holds so a long handler is never stolen while alive;
-retries failures with backoff; dead-letters poison and garbage; writes every terminal
-status together with the ack; and rides out connection loss.
+dead consumers; keeps what it holds leased (from a thread: ``leases.LeaseKeeper``) so a
+live handler is never stolen whatever it does to the event loop; retries failures with
+backoff; dead-letters poison and garbage; writes every terminal status together with the
+ack (``acks.Acker``); and rides out connection loss and transient server errors.
+
+Entries are known by (topic, entry id): entry ids repeat across streams (two topics
+written in the same millisecond both get ``T-0``). A consumer holds at most
+``2 * concurrency + 10`` entries at a time (running, waiting for a slot or a retry, or
+waiting for their ack), so a backlog of failing signals can never be pulled into memory.
 
 Round trips per read batch: one XREADGROUP, one DELIVER script (status + acks of entries
 that need no handler), and the terminal writes of many handlers folded into one FINISH
@@ -13,11 +19,10 @@ script per topic by the flusher.
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import itertools
 import os
-import random
-import re
 import socket
 import time
 from collections import deque
@@ -28,12 +33,15 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import structlog
 from anyio.abc import TaskStatus
-from redis import exceptions as rexc
 
-from ..errors import DecodeError, Reject, Retry
+from ..errors import DecodeError, HandlerTimeout, Reject, Retry
 from . import scripts
-from .codec import decode, entry_signal_id
+from .acks import Acker, Op, clean_text, safe_decision_id
+from .backoff import Backoff, retry_delay
+from .codec import decode, entry_signal_id, entry_target
+from .faults import describe, is_transient, ride_out, type_name
 from .keys import TopicKeys, check_agent
+from .leases import LeaseKeeper, Running
 from .signal import Signal
 
 if TYPE_CHECKING:
@@ -43,19 +51,9 @@ __all__ = ["Consumer", "Delivery", "Handler", "Slots", "Stats", "new_consumer_na
 
 log = structlog.get_logger(__name__)
 
-_ERROR_LIMIT = 4000
-_FINISH_CHUNK = 500
-_RECONNECT_CAP = 5.0
+_RELEASE_CHUNK = 500
 
-_CONNECTION_ERRORS = (rexc.ConnectionError, rexc.TimeoutError, OSError)
-
-
-_UNSAFE_ID = re.compile(r"[^A-Za-z0-9_.:~/-]")
-
-
-def _safe_id(decision_id: str | None) -> str:
-    """A decision id fit for the packed FINISH argument (no ',' or spaces)."""
-    return _UNSAFE_ID.sub("_", decision_id[:200]) if decision_id else ""
+Batch = Sequence[tuple[str, Sequence[tuple[bytes, dict[bytes, bytes] | None]]]]
 
 
 def new_consumer_name() -> str:
@@ -78,7 +76,7 @@ class Delivery:
 Handler = Callable[[Signal, Delivery], Awaitable[str | None]]
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Held:
     """An entry this consumer holds: waiting for a slot, running, or waiting to retry."""
 
@@ -86,19 +84,14 @@ class _Held:
     entry_id: str
     signal: Signal
     attempt: int = 0
+    #: The current attempt's handler started (a release must not give the attempt back).
+    started: bool = False
+    #: Its terminal op is queued: the entry is only waiting for its ack.
+    finishing: bool = False
 
-
-@dataclass(slots=True)
-class _Op:
-    """A terminal outcome waiting to be flushed with its ack."""
-
-    entry_id: str
-    signal_id: str  # "~" when the entry has no usable signal id
-    state: str
-    attempts: int = 0
-    decision_id: str = ""
-    error_type: str = ""
-    error: str = ""
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.topic, self.entry_id
 
 
 class Slots:
@@ -127,7 +120,7 @@ class Slots:
         self.wake()
 
     def wake(self) -> None:
-        """Wake every task waiting for a slot."""
+        """Wake every task waiting for a slot (or for room to hold more entries)."""
         self._freed.set()
         self._freed = anyio.Event()
 
@@ -147,6 +140,8 @@ class Stats:
     reclaimed: int = 0
     undecodable: int = 0
     reconnects: int = 0
+    timeouts: int = 0
+    released: int = 0
     #: Handler durations: the most recent 10,000, and those since ``take_interval()``.
     handler_seconds: deque[float] = field(default_factory=lambda: deque(maxlen=10_000),
                                           repr=False)
@@ -160,8 +155,29 @@ class Stats:
         return taken, failed
 
 
+def _cancelled_from_outside(exc: BaseException) -> bool:
+    """True when ``exc`` is a cancellation of the running task itself (shutdown).
+
+    A ``CancelledError`` a handler lets out because something *it* awaited was cancelled
+    (an asyncio client's own timeout) is not ours: it is a failed attempt. On asyncio a
+    real cancellation of the task shows in ``Task.cancelling()``.
+    """
+    if not isinstance(exc, anyio.get_cancelled_exc_class()):
+        return False
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # not on asyncio: assume the worst, never swallow cancellation
+        return True
+    return task is None or task.cancelling() > 0
+
+
 class Consumer:
-    """Consume ``agent``'s groups on the topics of ``handlers`` until stopped."""
+    """Consume ``agent``'s groups on the topics of ``handlers`` until stopped.
+
+    :param slots: handler slots shared with the other consumers of the process.
+    :param keeper: lease keeper shared with the other consumers of the process (a
+        consumer without one runs its own).
+    """
 
     def __init__(
         self,
@@ -172,6 +188,7 @@ class Consumer:
         concurrency: int | None = None,
         consumer_name: str | None = None,
         slots: Slots | None = None,
+        keeper: LeaseKeeper | None = None,
     ) -> None:
         check_agent(agent)
         if not handlers:
@@ -183,25 +200,29 @@ class Consumer:
         self._by_stream = {tk.stream: tk for tk in self.topics}
         self.name = consumer_name or new_consumer_name()
         self.slots = slots or Slots(concurrency or bus.settings.concurrency)
+        self.max_held = 2 * self.slots.limit + 10
         self.stats = Stats()
+        self._own_keeper = keeper is None
+        self.keeper = keeper or LeaseKeeper(bus)
+        self.acker = Acker(bus, agent, self.name, self._acked)
 
-        self._held: dict[str, _Held] = {}  # entry id -> entry, until its ack is flushed
+        self._held: dict[tuple[str, str], _Held] = {}  # (topic, entry id), until acked
         self._ready: deque[_Held] = deque()
         self._running = 0  # this consumer's handlers; the slots count every consumer's
         self._retries: list[tuple[float, int, _Held]] = []
         self._seq = itertools.count()
-        self._ops: dict[str, list[_Op]] = {}
-        self._flush_wanted = anyio.Event()
         self._retry_added = anyio.Event()
         # Handlers run on a fixed pool of runner tasks that take entries straight from
         # ``_ready``; an idle runner parks on its own event. Spawning a task (or passing
         # through a channel) per message costs more than the trivial handlers the bus is
         # often used with.
         self._idle: list[anyio.Event] = []
-        self._serving = False
         self._read_scope: anyio.CancelScope | None = None
         self._stopping = False
         self._claim_cursor: dict[str, str] = {}
+        #: No reclaim before this (monotonic): after an outage, live consumers' entries
+        #: look idle until their keepers renew them.
+        self._reclaim_after = 0.0
 
     # -- public ---------------------------------------------------------------------------
 
@@ -225,45 +246,43 @@ class Consumer:
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Serve until ``stop()`` or cancellation; ``task_status.started()`` once subscribed."""
-        await self._setup()
-        task_status.started()
-        log.info("consumer_started", agent=self.agent, consumer=self.name,
-                 topics=[tk.topic for tk in self.topics], concurrency=self.slots.limit)
-        try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._flusher)
-                tg.start_soon(self._maintenance)
-                tg.start_soon(self._retry_loop)
-                async with anyio.create_task_group() as htg:
-                    for _ in range(self.slots.limit):
-                        htg.start_soon(self._runner)
-                    self._serving = True
-                    await self._read_loop()
-                    await self._drain()
-                    htg.cancel_scope.cancel()  # the runners are idle now, or past grace
-                tg.cancel_scope.cancel()
-        finally:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(10):
-                await self._flush_all()
-            log.info("consumer_stopped", agent=self.agent, consumer=self.name,
-                     processed=self.stats.processed, failed=self.stats.failed,
-                     left_pending=len(self._held))
+        async with anyio.create_task_group() as outer:
+            if self._own_keeper:
+                await outer.start(self.keeper.run)
+            await self._setup()
+            task_status.started()
+            log.info("consumer_started", agent=self.agent, consumer=self.name,
+                     topics=[tk.topic for tk in self.topics], concurrency=self.slots.limit)
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self.acker.run)
+                    tg.start_soon(self._maintenance)
+                    tg.start_soon(self._retry_loop)
+                    async with anyio.create_task_group() as htg:
+                        for _ in range(self.slots.limit):
+                            htg.start_soon(self._runner)
+                        await self._read_loop()
+                        await self._drain()
+                        htg.cancel_scope.cancel()  # the runners are idle now, or past grace
+                    tg.cancel_scope.cancel()
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await self._finish_stop()
+                outer.cancel_scope.cancel()
 
     # -- setup ----------------------------------------------------------------------------
 
     async def _setup(self) -> None:
         """Register the agent on its topics and create its groups (retrying while down)."""
-        delay = 0.0
-        while True:
+        backoff = Backoff()
+        while not self._stopping:
             try:
                 await self._ensure_groups("$")
                 await self.bus.register_topics(tk.topic for tk in self.topics)
                 return
-            except _CONNECTION_ERRORS as exc:
-                delay = self._next_delay(delay)
-                log.warning("redis_unreachable", consumer=self.name, error=str(exc),
-                            retry_in=round(delay, 2))
-                await anyio.sleep(delay)
+            except Exception as exc:
+                await ride_out(exc, backoff, log, "subscribe", consumer=self.name,
+                               agent=self.agent)
 
     async def _ensure_groups(self, start: str) -> None:
         """Create missing groups: at ``start`` for a new subscriber, but from the stream's
@@ -282,31 +301,48 @@ class Consumer:
                 pipe.sadd(tk.groups, self.agent)
             results = await pipe.execute(raise_on_error=False)
         for r in results:
-            if isinstance(r, _CONNECTION_ERRORS):
-                raise r
-            if isinstance(r, Exception) and "BUSYGROUP" not in str(r):
+            if isinstance(r, Exception) and "BUSYGROUP" not in describe(r):
                 raise r
 
     # -- reading --------------------------------------------------------------------------
 
+    def _capacity(self) -> int:
+        """How many more entries this consumer may read now."""
+        return min(self.slots.free - len(self._ready), self.max_held - len(self._held),
+                   self.bus.settings.read_count)
+
+    async def _wait_for_capacity(self) -> int:
+        """Start what is ready, then wait until there is room to read; 0 when stopping."""
+        while True:
+            self._start_ready()
+            if self._stopping:
+                return 0
+            room = self._capacity()
+            if room > 0:
+                return room
+            await self.slots.wait()
+
     async def _read_loop(self) -> None:
-        cursors: dict[str, str] | None = {tk.stream: "0" for tk in self.topics}
-        delay = 0.0
+        own: dict[str, str] | None = {tk.stream: "0" for tk in self.topics}
+        backoff = Backoff()
         idle_polls = 0
         while not self._stopping:
             try:
-                free = await self._wait_for_slot()
-                if self._stopping:
+                room = await self._wait_for_capacity()
+                if not room:
                     return
-                count = max(1, min(self.bus.settings.read_count, free) // len(self.topics))
-                if cursors is not None:  # own pending entries first
-                    batch = await self._read(cursors, count, block=None)
-                    if not batch:
-                        cursors = None
-                        continue
-                    for stream, entries in batch:
-                        cursors[stream] = entries[-1][0].decode()
-                    await self._dispatch(batch, own_pending=True)
+                per_stream = max(1, room // len(self.topics))
+                if own:  # own pending entries first (after a start, reconnect or NOGROUP)
+                    batch = await self._read(own, per_stream, block=None)
+                    got = dict((s, e) for s, e in batch)
+                    for stream in list(own):
+                        entries = got.get(stream, [])
+                        if len(entries) < per_stream:
+                            del own[stream]  # exhausted
+                        else:
+                            own[stream] = entries[-1][0].decode()
+                    if batch:
+                        await self._dispatch(batch, own_pending=True)
                 else:
                     block = None if self.bus.embedded else int(
                         self.bus.settings.block_timeout * 1000
@@ -314,7 +350,7 @@ class Consumer:
                     with anyio.CancelScope() as scope:
                         self._read_scope = scope
                         batch = await self._read(
-                            {tk.stream: ">" for tk in self.topics}, count, block=block
+                            {tk.stream: ">" for tk in self.topics}, per_stream, block=block
                         )
                     self._read_scope = None
                     if scope.cancelled_caught:
@@ -325,30 +361,32 @@ class Consumer:
                     elif self.bus.embedded:  # the embedded backend cannot block: poll
                         idle_polls += 1
                         await anyio.sleep(min(0.001 * 2 ** min(idle_polls, 6), 0.05))
-                delay = 0.0
-            except _CONNECTION_ERRORS as exc:
-                self.stats.reconnects += 1
-                delay = self._next_delay(delay)
-                log.warning("connection_lost", consumer=self.name, error=str(exc),
-                            retry_in=round(delay, 2))
-                await anyio.sleep(delay)
-                cursors = {tk.stream: "0" for tk in self.topics}
-            except rexc.ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
-                delay = self._next_delay(delay)
-                log.error("consumer_group_recreated", agent=self.agent, consumer=self.name,
-                          error=str(exc), hint="the group vanished (FLUSHALL, failover?); "
-                          "re-reading the stream from the start, finished signals are skipped")
-                await self._recreate_groups()
-                await anyio.sleep(delay)
-                cursors = {tk.stream: "0" for tk in self.topics}
+                if backoff.attempts:
+                    self._resumed()
+                backoff.reset()
+            except Exception as exc:
+                self._read_scope = None
+                own = {tk.stream: "0" for tk in self.topics}
+                if "NOGROUP" in describe(exc):
+                    log.error("consumer_group_recreated", agent=self.agent, consumer=self.name,
+                              error=describe(exc), hint="the group vanished (FLUSHALL, "
+                              "failover?); re-reading the stream from the start, finished "
+                              "signals are skipped")
+                    await self._recreate_groups()
+                elif is_transient(exc):
+                    self.stats.reconnects += 1
+                await ride_out(exc, backoff, log, "read", consumer=self.name, agent=self.agent)
+
+    def _resumed(self) -> None:
+        """Redis answers again: give live consumers' keepers time to renew first."""
+        self._reclaim_after = time.monotonic() + self.bus.settings.claim_idle / 2
+        log.info("connection_restored", consumer=self.name, agent=self.agent)
 
     async def _recreate_groups(self) -> None:
         try:
             await self._ensure_groups("0")
-        except _CONNECTION_ERRORS:
-            pass
+        except Exception as exc:
+            log.warning("group_recreate_deferred", consumer=self.name, error=describe(exc))
 
     async def _read(
         self, streams: dict[str, str], count: int, *, block: int | None
@@ -363,37 +401,32 @@ class Consumer:
                 out.append((name, entries))
         return out
 
-    async def _wait_for_slot(self) -> int:
-        """Start what is ready, then wait until a handler slot is free; returns free slots."""
-        while True:
-            self._start_ready()
-            free = self.slots.free
-            if (free > 0 and not self._ready) or self._stopping:
-                return free
-            await self.slots.wait()
-
     # -- dispatch -------------------------------------------------------------------------
 
-    async def _dispatch(
-        self,
-        batch: Sequence[tuple[str, Sequence[tuple[bytes, dict[bytes, bytes] | None]]]],
-        *,
-        own_pending: bool = False,
-    ) -> None:
+    def _owner(self, tk: TopicKeys) -> tuple[str, str, str]:
+        """Who holds entries of ``tk`` here, as the lease keeper knows it."""
+        return tk.stream, self.agent, self.name
+
+    async def _dispatch(self, batch: Batch, *, own_pending: bool = False) -> None:
         """Decode a read batch, mark it delivered in one round trip, queue what needs a handler."""
         settings = self.bus.settings
         now = time.time()
         calls: list[tuple[scripts.Script, list[str], list[Any]]] = []
-        groups: list[list[_Held]] = []
+        groups: list[tuple[TopicKeys, list[_Held]]] = []
         for stream, entries in batch:
             tk = self._by_stream[stream]
             held: list[_Held] = []
             for raw_id, fields in entries:
                 entry_id = raw_id.decode()
-                if entry_id in self._held:
+                if (tk.topic, entry_id) in self._held:
                     continue  # already ours and in progress (re-read after reconnect)
                 if not fields:  # deleted from the stream while pending: nothing to deliver
-                    self._queue(tk, _Op(entry_id, "~", "a"))
+                    self.acker.queue(Op(tk.topic, entry_id, "~", "a"))
+                    continue
+                only_for = entry_target(fields)
+                if only_for is not None and only_for != self.agent:
+                    self.stats.skipped += 1  # a dead letter replayed for another target
+                    self.acker.queue(Op(tk.topic, entry_id, "~", "a"))
                     continue
                 try:
                     signal = decode(fields, settings.max_payload_bytes)
@@ -401,35 +434,53 @@ class Consumer:
                     self._undecodable(tk, entry_id, fields, exc)
                     continue
                 h = _Held(tk.topic, entry_id, signal)
-                self._held[entry_id] = h
+                self._held[h.key] = h
                 held.append(h)
             if held:
+                self.keeper.hold(self._owner(tk), [h.entry_id for h in held])
                 calls.append(self._deliver_call(tk, held, now))
-                groups.append(held)
+                groups.append((tk, held))
         if not calls:
             return
         try:
             results = await scripts.run_many(self.bus.redis, calls)
+            for result in results:
+                if isinstance(result, Exception):
+                    raise result
         except BaseException:
-            for held in groups:
-                for h in held:
-                    self._held.pop(h.entry_id, None)
+            for tk, held in groups:
+                self._forget(tk, held)
             raise
-        for held, result in zip(groups, results, strict=True):
-            if isinstance(result, Exception):
-                for h in held:
-                    self._held.pop(h.entry_id, None)
-                raise result
+        for (_, held), result in zip(groups, results, strict=True):
             for h, code in zip(held, result, strict=True):
                 self._accept(h, int(code))
         if own_pending:
-            log.info("pending_resumed", consumer=self.name,
+            log.info("pending_resumed", consumer=self.name, agent=self.agent,
                      entries=sum(len(e) for _, e in batch))
+
+    def _forget(self, tk: TopicKeys, held: list[_Held]) -> None:
+        for h in held:
+            self._held.pop(h.key, None)
+        self.keeper.drop(self._owner(tk), [h.entry_id for h in held])
+        self.slots.wake()
+
+    def _deliver_call(
+        self, tk: TopicKeys, held: list[_Held], now: float
+    ) -> tuple[scripts.Script, list[str], list[Any]]:
+        settings = self.bus.settings
+        packed = " ".join(
+            f"{h.entry_id},{h.signal.id},{1 if h.signal.expires.timestamp() <= now else 0},"
+            f"{0 if h.signal.targets and self.agent not in h.signal.targets else 1}"
+            for h in held
+        )
+        ttl_ms = int((settings.signal_ttl + settings.status_grace) * 1000)
+        args = [self.agent, self.name, int(now * 1000), ttl_ms, tk.status_prefix, packed]
+        return scripts.DELIVER, [tk.stream], args
 
     def _accept(self, h: _Held, code: int) -> None:
         """Act on the DELIVER verdict for one entry."""
         if code <= 0:
-            self._held.pop(h.entry_id, None)
+            self._forget(self.bus.keys.topic(h.topic), [h])
             if code == 0:
                 self.stats.skipped += 1
             else:
@@ -438,6 +489,7 @@ class Consumer:
                          agent=self.agent)
             return
         h.attempt = code
+        h.started = False
         if code > self.bus.settings.max_attempts:
             # Delivered more often than allowed without ever finishing: the handler (or the
             # process running it) keeps dying on this signal.
@@ -454,7 +506,8 @@ class Consumer:
         log.error("entry_undecodable", topic=tk.topic, entry_id=entry_id, agent=self.agent,
                   reason=exc.reason)
         sid = entry_signal_id(fields) or "~"
-        self._queue(tk, _Op(entry_id, sid, "f", 1, "", "DecodeError", exc.reason))
+        self.acker.queue(Op(tk.topic, entry_id, sid, "f", 1, "", "DecodeError",
+                            clean_text(exc.reason)))
 
     # -- handling -------------------------------------------------------------------------
 
@@ -465,55 +518,81 @@ class Consumer:
             self._idle.pop().set()
 
     async def _runner(self) -> None:
+        try:
+            task: Any = asyncio.current_task()
+        except RuntimeError:  # another event loop than asyncio's: no stall attribution
+            task = None
         while True:
             while self._ready and self.slots.free > 0 and not self._stopping:
                 h = self._ready.popleft()  # not started when stopping: _release() hands back
                 self._running += 1
                 self.slots.take()
-                await self._handle(h)
+                h.started = True
+                try:
+                    await self._handle(h, task)
+                finally:
+                    self._running -= 1
+                    self.slots.give()
+                    self._start_ready()
             parked = anyio.Event()
             self._idle.append(parked)
             await parked.wait()
 
-    async def _handle(self, h: _Held) -> None:
+    async def _handle(self, h: _Held, task: Any) -> None:
+        """Run one attempt. Whatever the handler raises is a failed attempt, except a
+        cancellation of this very task (the consumer is stopping past its grace)."""
         delivery = Delivery(h.topic, h.entry_id, h.attempt, self.name, self.agent)
         handler = self.handlers[h.topic]
+        timeout = self.bus.settings.handler_timeout
+        self.keeper.running(task, Running(self.agent, h.topic, h.signal.id,
+                                          getattr(handler, "__qualname__", repr(handler))))
         started = time.perf_counter()
+        failure: BaseException | None = None
+        decision_id: object = None
         try:
-            decision_id = await handler(h.signal, delivery)
-        except Reject as exc:
-            self._fail(h, type(exc).__name__, exc.reason)
-        except Retry as exc:
-            self._retry(h, exc, exc.delay)
-        except Exception as exc:
-            self._retry(h, exc, None)
-        else:
-            self.stats.processed += 1
-            tk = self.bus.keys.topic(h.topic)
-            self._queue(tk, _Op(h.entry_id, h.signal.id, "s", h.attempt,
-                                _safe_id(decision_id)))
+            with anyio.CancelScope() as scope:
+                if timeout is not None:
+                    scope.deadline = anyio.current_time() + timeout
+                decision_id = await handler(h.signal, delivery)
+            if scope.cancel_called:
+                self.stats.timeouts += 1
+                failure = HandlerTimeout(timeout or 0.0)
+        except BaseException as exc:
+            if _cancelled_from_outside(exc):
+                raise
+            failure = exc
         finally:
+            self.keeper.finished(task)
             elapsed = time.perf_counter() - started
             self.stats.handler_seconds.append(elapsed)
             if len(self.stats.interval_seconds) < 100_000:
                 self.stats.interval_seconds.append(elapsed)
-            self._running -= 1
-            self.slots.give()
-            self._start_ready()
+        if failure is None:
+            self.stats.processed += 1
+            self._finish(h, Op(h.topic, h.entry_id, h.signal.id, "s", h.attempt,
+                               safe_decision_id(decision_id)))
+        elif isinstance(failure, Reject):
+            self._fail(h, type_name(failure), _reason(failure))
+        elif isinstance(failure, Retry):
+            self._retry(h, failure, failure.delay)
+        else:
+            self._retry(h, failure, None)
 
-    def _retry(self, h: _Held, exc: Exception, delay: float | None) -> None:
+    def _retry(self, h: _Held, exc: BaseException, delay: float | None) -> None:
         settings = self.bus.settings
         if h.attempt >= settings.max_attempts:
-            self._fail(h, type(exc).__name__, str(exc) or repr(exc))
+            self._fail(h, type_name(exc), describe(exc, 4000))
             return
         if delay is None:
-            delay = min(settings.retry_backoff * 2 ** (h.attempt - 1), settings.retry_backoff_max)
+            delay = retry_delay(settings.retry_backoff, h.attempt, settings.retry_backoff_max)
+        # Never wait past the signal's expiry: it is then expired, not retried.
+        delay = min(delay, max(h.signal.expires.timestamp() - time.time(), 0.0) + 0.001)
         self.stats.retried += 1
         event, level = ("retry_requested", log.info) if isinstance(exc, Retry) else (
             "handler_failed", log.warning)
         level(event, agent=self.agent, topic=h.topic, signal_id=h.signal.id,
               attempt=h.attempt, max_attempts=settings.max_attempts,
-              error_type=type(exc).__name__, error=str(exc)[:500], retry_in=round(delay, 3))
+              error_type=type_name(exc), error=describe(exc), retry_in=round(delay, 3))
         heapq.heappush(self._retries, (time.monotonic() + delay, next(self._seq), h))
         self._retry_added.set()
 
@@ -523,13 +602,29 @@ class Consumer:
         log.error("signal_dead_lettered", agent=self.agent, topic=h.topic,
                   signal_id=h.signal.id, attempts=h.attempt, error_type=error_type,
                   error=error[:500])
-        tk = self.bus.keys.topic(h.topic)
-        self._queue(tk, _Op(h.entry_id, h.signal.id, "f", h.attempt, "",
-                            error_type, error[:_ERROR_LIMIT]))
+        self._finish(h, Op(h.topic, h.entry_id, h.signal.id, "f", h.attempt, "",
+                           clean_text(error_type), clean_text(error)))
+
+    def _finish(self, h: _Held, op: Op) -> None:
+        h.finishing = True
+        self.acker.queue(op)
+
+    def _acked(self, ops: list[Op]) -> None:
+        """The acker wrote these: forget the entries (and stop leasing them)."""
+        by_topic: dict[str, list[str]] = {}
+        for op in ops:
+            if self._held.pop((op.topic, op.entry_id), None) is not None:
+                by_topic.setdefault(op.topic, []).append(op.entry_id)
+        for topic, ids in by_topic.items():
+            self.keeper.drop(self._owner(self.bus.keys.topic(topic)), ids)
+        if by_topic:
+            self.slots.wake()  # room to hold more
 
     async def _retry_loop(self) -> None:
         """Re-deliver entries whose backoff elapsed (they stay leased meanwhile)."""
-        while True:
+        backoff = Backoff()
+        while not self._stopping:
+            await anyio.lowlevel.checkpoint()
             if not self._retries:
                 self._retry_added = anyio.Event()
                 await self._retry_added.wait()
@@ -544,27 +639,14 @@ class Consumer:
             now = time.monotonic()
             while self._retries and self._retries[0][0] <= now:
                 due.append(heapq.heappop(self._retries)[2])
-            if self._stopping:
-                continue  # left pending for another consumer
             try:
                 await self._redeliver(due)
-            except _CONNECTION_ERRORS as exc:
-                log.warning("retry_deferred", consumer=self.name, error=str(exc))
+                backoff.reset()
+            except Exception as exc:
                 for h in due:
-                    heapq.heappush(self._retries, (time.monotonic() + 1.0, next(self._seq), h))
-                await anyio.sleep(1.0)
-
-    def _deliver_call(
-        self, tk: TopicKeys, held: list[_Held], now: float
-    ) -> tuple[scripts.Script, list[str], list[Any]]:
-        settings = self.bus.settings
-        packed = " ".join(
-            f"{h.entry_id},{h.signal.id},{1 if h.signal.expires.timestamp() <= now else 0}"
-            for h in held
-        )
-        ttl_ms = int((settings.signal_ttl + settings.status_grace) * 1000)
-        args = [self.agent, self.name, int(now * 1000), ttl_ms, tk.status_prefix, packed]
-        return scripts.DELIVER, [tk.stream], args
+                    heapq.heappush(self._retries, (time.monotonic(), next(self._seq), h))
+                await ride_out(exc, backoff, log, "retry", consumer=self.name,
+                               agent=self.agent)
 
     async def _redeliver(self, due: list[_Held]) -> None:
         by_topic: dict[str, list[_Held]] = {}
@@ -574,137 +656,89 @@ class Consumer:
         calls = [self._deliver_call(self.bus.keys.topic(t), held, now)
                  for t, held in by_topic.items()]
         results = await scripts.run_many(self.bus.redis, calls)
-        for held, result in zip(by_topic.values(), results, strict=True):
+        for result in results:
             if isinstance(result, Exception):
                 raise result
+        for held, result in zip(by_topic.values(), results, strict=True):
             for h, code in zip(held, result, strict=True):
                 self._accept(h, int(code))
         self._start_ready()
 
-    # -- acks -----------------------------------------------------------------------------
-
-    def _queue(self, tk: TopicKeys, op: _Op) -> None:
-        self._ops.setdefault(tk.topic, []).append(op)
-        self._flush_wanted.set()
-
-    async def _flusher(self) -> None:
-        """Group commit: every terminal outcome queued while a flush runs goes in the next."""
-        delay = 0.0
-        while True:
-            await self._flush_wanted.wait()
-            self._flush_wanted = anyio.Event()
-            try:
-                await self._flush_all()
-                delay = 0.0
-            except _CONNECTION_ERRORS as exc:
-                delay = self._next_delay(delay)
-                log.warning("ack_deferred", consumer=self.name, error=str(exc),
-                            retry_in=round(delay, 2))
-                await anyio.sleep(delay)
-                self._flush_wanted.set()
-
-    async def _flush_all(self) -> None:
-        if not self._ops:
-            return
-        ops, self._ops = self._ops, {}
-        now_ms = int(time.time() * 1000)
-        calls: list[tuple[scripts.Script, list[str], list[Any]]] = []
-        chunks: list[tuple[str, list[_Op]]] = []
-        for topic, topic_ops in ops.items():
-            tk = self.bus.keys.topic(topic)
-            for start in range(0, len(topic_ops), _FINISH_CHUNK):
-                chunk = topic_ops[start : start + _FINISH_CHUNK]
-                args: list[Any] = [self.agent, self.name, now_ms, tk.status_prefix, ""]
-                packed = []
-                for op in chunk:
-                    k = 0
-                    if op.error_type or op.error:
-                        k = len(args) + 1  # Lua's 1-based index of the error type
-                        args += [op.error_type, op.error]
-                    packed.append(f"{op.entry_id},{op.signal_id},{op.state},{op.attempts},"
-                                  f"{op.decision_id or '-'},{k}")
-                args[4] = " ".join(packed)
-                calls.append((scripts.FINISH, [tk.stream, tk.dlq], args))
-                chunks.append((topic, chunk))
-        try:
-            results = await scripts.run_many(self.bus.redis, calls)
-        except BaseException:
-            self._requeue(ops)
-            raise
-        failed: dict[str, list[_Op]] = {}
-        for (topic, chunk), result in zip(chunks, results, strict=True):
-            if isinstance(result, Exception):
-                failed.setdefault(topic, []).extend(chunk)
-                continue
-            for op in chunk:
-                self._held.pop(op.entry_id, None)
-        if failed:
-            self._requeue(failed)
-            first = next(r for r in results if isinstance(r, Exception))
-            if isinstance(first, _CONNECTION_ERRORS):
-                raise first
-            log.error("ack_failed", consumer=self.name, error=str(first))
-            raise rexc.ConnectionError(str(first))  # retried by the flusher's backoff
-
-    def _requeue(self, ops: dict[str, list[_Op]]) -> None:
-        for topic, topic_ops in ops.items():
-            self._ops.setdefault(topic, [])[:0] = topic_ops
-
     # -- leases and reclaim ---------------------------------------------------------------
 
     async def _maintenance(self) -> None:
-        """Lease held entries every claim_idle/3; reclaim idle ones every claim_idle/2."""
+        """Reclaim idle entries of dead consumers; report entries whose lease was lost.
+
+        A pass runs every ``claim_idle / 2``; a pass that found more than it could take
+        runs again as soon as there is room, so a dead consumer's backlog drains at the
+        speed of the handlers, not of the timer.
+        """
         claim_idle = self.bus.settings.claim_idle
-        lease_every = max(claim_idle / 3, 0.01)
-        reclaim_every = max(claim_idle / 2, 0.02)
-        next_reclaim = time.monotonic()
-        while True:
+        every = max(claim_idle / 2, 0.02)
+        backoff = Backoff()
+        next_pass = time.monotonic()
+        while not self._stopping:
+            more = False
             try:
-                await self._lease()
-                if time.monotonic() >= next_reclaim and not self._stopping:
-                    next_reclaim = time.monotonic() + reclaim_every
-                    await self._reclaim()
-            except (*_CONNECTION_ERRORS, rexc.ResponseError) as exc:
-                log.debug("maintenance_deferred", consumer=self.name, error=str(exc))
-            await anyio.sleep(lease_every)
+                self._check_lost()
+                now = time.monotonic()
+                if now >= max(next_pass, self._reclaim_after) and self._capacity() > 0:
+                    more = await self._reclaim()
+                    next_pass = now + every
+                backoff.reset()
+            except Exception as exc:
+                await ride_out(exc, backoff, log, "reclaim", consumer=self.name,
+                               agent=self.agent)
+                continue
+            if more:
+                with anyio.move_on_after(every):
+                    while self._capacity() <= 0 and not self._stopping:
+                        await self.slots.wait()
+                next_pass = time.monotonic()
+            else:
+                await anyio.sleep(min(self.keeper.interval, every))
 
-    async def _lease(self) -> None:
-        by_topic: dict[str, list[str]] = {}
-        for h in self._held.values():
-            by_topic.setdefault(h.topic, []).append(h.entry_id)
-        if not by_topic:
-            return
-        calls = []
-        for topic, ids in by_topic.items():
-            tk = self.bus.keys.topic(topic)
-            calls.append((scripts.LEASE, [tk.stream], [self.agent, self.name, *ids]))
-        for result in await scripts.run_many(self.bus.redis, calls):
-            if isinstance(result, Exception):
-                raise result
-            if result:
-                log.warning("lease_lost", consumer=self.name,
-                            entries=[r.decode() for r in result][:20])
+    def _check_lost(self) -> None:
+        for tk in self.topics:
+            lost = self.keeper.take_lost(self._owner(tk))
+            real = [eid for eid in lost
+                    if (h := self._held.get((tk.topic, eid))) is not None and not h.finishing]
+            if real:
+                log.warning("lease_lost", consumer=self.name, agent=self.agent, topic=tk.topic,
+                            entries=real[:20], count=len(real),
+                            hint="another consumer took these over: this process looked "
+                                 "dead for longer than claim_idle")
+                self.keeper.drop(self._owner(tk), real)
 
-    async def _reclaim(self) -> None:
-        free = self.slots.free - len(self._ready)
-        if free <= 0:
-            return
-        budget = min(free, self.bus.settings.reclaim_budget)
+    async def _reclaim(self) -> bool:
+        """One reclaim pass; True when there is more to take than fitted."""
+        room = self._capacity()
+        if room <= 0:
+            return True
+        budget = min(room, self.bus.settings.reclaim_budget)
+        per_topic = max(1, budget // len(self.topics))
         min_idle = int(self.bus.settings.claim_idle * 1000)
         async with self.bus.redis.pipeline(transaction=False) as pipe:
             for tk in self.topics:
                 pipe.xautoclaim(tk.stream, self.agent, self.name, min_idle,
-                                start_id=self._claim_cursor.get(tk.stream, "0-0"), count=budget)
+                                start_id=self._claim_cursor.get(tk.stream, "0-0"),
+                                count=per_topic)
             results = await pipe.execute(raise_on_error=False)
         batch = []
+        more = False
         for tk, result in zip(self.topics, results, strict=True):
             if isinstance(result, Exception):
-                if isinstance(result, _CONNECTION_ERRORS):
+                if is_transient(result):
                     raise result
                 continue  # NOGROUP: the read loop recreates the group
             cursor, entries = result[0], result[1]
-            self._claim_cursor[tk.stream] = cursor.decode() if isinstance(cursor, bytes) else cursor
-            entries = [(eid, f) for eid, f in entries if eid.decode() not in self._held]
+            cursor = cursor.decode() if isinstance(cursor, bytes) else str(cursor)
+            self._claim_cursor[tk.stream] = cursor
+            if len(result) > 2 and result[2]:
+                log.warning("reclaimed_entries_were_deleted", consumer=self.name,
+                            topic=tk.topic, entries=len(result[2]))
+            more = more or (cursor != "0-0" and len(entries) >= per_topic)
+            entries = [(eid, f) for eid, f in entries if (tk.topic, eid.decode()) not in self._held]
             if entries:
                 batch.append((tk.stream, entries))
         if batch:
@@ -713,34 +747,48 @@ class Consumer:
             log.info("entries_reclaimed", consumer=self.name, agent=self.agent, entries=count)
             await self._dispatch(batch)
             self._start_ready()
+        return more
 
     # -- shutdown -------------------------------------------------------------------------
 
-    async def _release(self) -> None:
-        """Hand entries read but never started back at once.
+    async def _release(self, extra: Sequence[_Held] = ()) -> None:
+        """Hand back entries read but not run, at once.
 
         They stay in this consumer's pending list (only a live consumer can take them),
         with their idle time set past ``claim_idle`` so the next reclaim pass of any
-        live consumer takes them instead of waiting for them to age.
+        live consumer takes them instead of waiting for them to age. An attempt counted
+        for an entry whose handler never started is given back: stopping a worker never
+        spends an attempt.
         """
-        waiting = [*self._ready, *(h for _, _, h in self._retries)]
+        everything = [*self._ready, *(h for _, _, h in self._retries), *extra]
         self._ready.clear()
         self._retries.clear()
+        unique = {id(h): h for h in everything}.values()
+        waiting = [h for h in unique if self._held.get(h.key) is h and not h.finishing]
         if not waiting:
             return
-        idle = int(self.bus.settings.claim_idle * 1000) + 1
-        by_topic: dict[str, list[str]] = {}
+        by_topic: dict[str, list[_Held]] = {}
         for h in waiting:
-            by_topic.setdefault(h.topic, []).append(h.entry_id)
-            self._held.pop(h.entry_id, None)
+            by_topic.setdefault(h.topic, []).append(h)
+            self._held.pop(h.key, None)
+        for topic, held in by_topic.items():
+            self.keeper.drop(self._owner(self.bus.keys.topic(topic)), [h.entry_id for h in held])
+        settings = self.bus.settings
+        idle = int(settings.claim_idle * 1000) + 1
+        now_ms = int(time.time() * 1000)
+        calls = []
+        for topic, held in by_topic.items():
+            tk = self.bus.keys.topic(topic)
+            for start in range(0, len(held), _RELEASE_CHUNK):
+                packed = " ".join(f"{h.entry_id},{h.signal.id},{0 if h.started else 1}"
+                                  for h in held[start : start + _RELEASE_CHUNK])
+                calls.append((scripts.RELEASE, [tk.stream],
+                              [self.agent, self.name, now_ms, tk.status_prefix, idle, packed]))
         try:
-            async with self.bus.redis.pipeline(transaction=False) as pipe:
-                for topic, ids in by_topic.items():
-                    pipe.xclaim(self.bus.keys.topic(topic).stream, self.agent, self.name, 0,
-                                ids, idle=idle, justid=True)
-                await pipe.execute()
-        except _CONNECTION_ERRORS as exc:  # they will age into reclaim anyway
-            log.warning("release_failed", consumer=self.name, error=str(exc))
+            results = await scripts.run_many(self.bus.redis, calls)
+            self.stats.released += sum(int(r) for r in results if not isinstance(r, Exception))
+        except Exception as exc:  # they will age into reclaim anyway
+            log.warning("release_failed", consumer=self.name, error=describe(exc))
 
     async def _drain(self) -> None:
         """Give running handlers the grace period; the caller cancels what is left."""
@@ -754,7 +802,24 @@ class Consumer:
             log.warning("handlers_cancelled", consumer=self.name, running=self._running,
                         grace=grace)
 
-    def _next_delay(self, previous: float) -> float:
-        """Exponential backoff with full jitter, 0.1 s doubling up to 5 s."""
-        ceiling = min(max(previous * 2, 0.1), _RECONNECT_CAP)
-        return random.uniform(ceiling / 2, ceiling)
+    async def _finish_stop(self) -> None:
+        """Flush what finished, hand back everything else (shielded, bounded)."""
+        with anyio.move_on_after(10):
+            try:
+                await self.acker.flush()
+            except Exception as exc:
+                log.warning("final_ack_failed", consumer=self.name, error=describe(exc),
+                            left=len(self.acker))
+        with anyio.move_on_after(5):
+            unfinished = [h for h in self._held.values() if not h.finishing]
+            await self._release(unfinished)
+        log.info("consumer_stopped", agent=self.agent, consumer=self.name,
+                 processed=self.stats.processed, failed=self.stats.failed,
+                 left_pending=len(self._held))
+
+
+def _reason(exc: BaseException) -> str:
+    reason = getattr(exc, "reason", None)
+    if isinstance(reason, str) and reason:
+        return reason
+    return describe(exc, 4000)

@@ -9,6 +9,10 @@ Layout (``ns`` is ``Settings.namespace``)::
     ns:{t:TOPIC}:groups            SET     agents a consumer group was created for
     ns:{t:TOPIC}:st:SIGNAL_ID      HASH    per-target status of one signal
     ns:{t:TOPIC}:fence             STRING  highest janitor fencing token seen on the topic
+    ns:{t:TOPIC}:bad               ZSET    "AGENT|ENTRY_ID" of entries without status that
+                                           AGENT dead-lettered (by entry time): never twice
+    ns:{t:TOPIC}:sweep             STRING  where the janitor's sweep past a long-lived
+                                           entry resumes
     ns:heartbeats                  ZSET    "AGENT/CONSUMER" -> last heartbeat (ms)
     ns:heartbeat-records           HASH    "AGENT/CONSUMER" -> last heartbeat record (JSON)
     ns:coordinator:lease           STRING  "HOLDER|TOKEN", the periodic-jobs lease
@@ -90,6 +94,8 @@ class TopicKeys:
     status_prefix: str
     fence: str
     groups: str
+    bad: str
+    sweep: str
 
     def status(self, signal_id: str) -> str:
         return self.status_prefix + signal_id
@@ -193,7 +199,7 @@ class Keys:
             check_topic(topic)
             base = f"{self.namespace}:{{t:{topic}}}:"
             cached = TopicKeys(topic, base + "stream", base + "dlq", base + "subs", base + "st:",
-                               base + "fence", base + "groups")
+                               base + "fence", base + "groups", base + "bad", base + "sweep")
             self._topics[topic] = cached
         return cached
 

@@ -17,7 +17,7 @@ from .signal import Signal
 if TYPE_CHECKING:
     from .connection import Bus
 
-__all__ = ["prepare", "publish", "publish_many"]
+__all__ = ["prepare", "publish", "publish_many", "publish_once"]
 
 log = structlog.get_logger(__name__)
 
@@ -52,7 +52,7 @@ def _calls(
         tk = bus.keys.topic(topic)
         for start in range(0, len(indexes), CHUNK):
             chunk = indexes[start : start + CHUNK]
-            args: list[Any] = [int(now * 1000), tk.status_prefix]
+            args: list[Any] = [int(now * 1000), tk.status_prefix, "0"]
             for index in chunk:
                 args += prepared[index][1]
             calls.append((scripts.PUBLISH, [tk.stream, tk.subs, tk.groups], args, chunk))
@@ -61,6 +61,17 @@ def _calls(
 
 async def publish(bus: Bus, signal: Signal) -> str:
     """Publish one signal; returns its id. Idempotent on ``signal.id``."""
+    signal_id, _ = await _publish(bus, signal, want_existing=False)
+    return signal_id
+
+
+async def publish_once(bus: Bus, signal: Signal) -> tuple[str, bytes | None]:
+    """Publish one signal; returns its id and, when the id was published before, the
+    envelope data (``d``) of the signal already stored under it (b"" if gone)."""
+    return await _publish(bus, signal, want_existing=True)
+
+
+async def _publish(bus: Bus, signal: Signal, *, want_existing: bool) -> tuple[str, bytes | None]:
     now = time.time()
     signal, args = prepare(bus, signal, now)
     if signal.type not in bus.known_topics:
@@ -68,10 +79,12 @@ async def publish(bus: Bus, signal: Signal) -> str:
     tk = bus.keys.topic(signal.type)
     with bus.errors():
         result = await scripts.run(bus.redis, scripts.PUBLISH, [tk.stream, tk.subs, tk.groups],
-                                   [int(now * 1000), tk.status_prefix, *args])
+                                   [int(now * 1000), tk.status_prefix,
+                                    "1" if want_existing else "0", *args])
     if result[1] == 0:
         log.debug("signal_duplicate_ignored", signal_id=signal.id)
-    return signal.id
+        return signal.id, bytes(result[2])
+    return signal.id, None
 
 
 async def publish_many(bus: Bus, signals: Sequence[Signal]) -> list[str]:
@@ -94,6 +107,6 @@ async def publish_many(bus: Bus, signals: Sequence[Signal]) -> list[str]:
             raise BusResponseError(f"publishing {len(chunk)} signal(s) ({ids}, ...) failed: "
                                    f"{result}") from result
         for position, index in enumerate(chunk):
-            if result[2 * position + 1] == 0:
+            if result[3 * position + 1] == 0:
                 log.debug("signal_duplicate_ignored", signal_id=prepared[index][0].id)
     return [s.id for s, _ in prepared]

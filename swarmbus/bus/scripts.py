@@ -2,9 +2,18 @@
 
 Per-target status is one hash field per target, packed as
 ``state|attempts|updated_ms|consumer|decision_id|error`` where ``state`` is one letter:
-``p`` pending, ``d`` delivered, ``s`` processed, ``f`` failed, ``x`` expired. The hash's
-``_e`` field holds the stream entry id and doubles as the "already published" marker.
+``p`` pending, ``d`` delivered, ``s`` processed, ``f`` failed, ``x`` expired. Fields whose
+name starts with ``_`` are metadata, never targets (agent names cannot start with ``_``):
+``_e`` holds the stream entry id and doubles as the "already published" marker; ``_u``
+marks a hash that a consumer created for an entry written without one (a plain XADD), whose
+targets are then decided by the envelope.
 All keys a script touches share the topic's hash tag (one cluster slot).
+
+Lua's ``unpack`` fails past ~8,000 values (LUAI_MAXCSTACK) and Redis does not roll a
+script back: a script that writes and then hits that limit leaves half its work done.
+No script here calls ``unpack`` on a list that can grow, except through ``call_chunked``
+below, which passes at most ``CHUNK`` values per call (``tests/bus/test_scripts.py``
+checks this).
 """
 
 from __future__ import annotations
@@ -17,7 +26,31 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
-__all__ = ["DELIVER", "FINISH", "LEASE", "PUBLISH", "REPLAY", "Script", "run", "run_many"]
+__all__ = [
+    "CHUNK_LIB",
+    "DELCONSUMER",
+    "DELIVER",
+    "FINISH",
+    "HEARTBEAT",
+    "LEASE",
+    "PUBLISH",
+    "RELEASE",
+    "REPLAY",
+    "Script",
+    "run",
+    "run_many",
+]
+
+#: The only place allowed to ``unpack``: a command whose trailing arguments come from a
+#: list of any length is sent in slices of at most 1,000 values (500 field/value pairs).
+CHUNK_LIB = """
+local function call_chunked(cmd, key, list)
+  local n = #list
+  for i = 1, n, 1000 do
+    redis.call(cmd, key, unpack(list, i, math.min(i + 999, n)))
+  end
+end
+"""
 
 # Shared Lua helpers: parse and build one packed status value.
 _STATUS_LIB = """
@@ -30,6 +63,7 @@ local function pack(s, a, t, c, d, e)
   return s .. '|' .. a .. '|' .. t .. '|' .. c .. '|' .. d .. '|' .. e
 end
 local function terminal(s) return s == 's' or s == 'f' or s == 'x' end
+local function meta(f) return string.sub(f, 1, 1) == '_' end
 """
 
 
@@ -45,19 +79,21 @@ class Script:
 
 # PUBLISH — create a batch of signals of one topic.
 # KEYS: 1 stream, 2 subscriber set, 3 set of the topic's consumer groups
-# ARGV: 1 now_ms, 2 status key prefix, then per signal: id, status ttl ms, n targets,
-#       the n targets, envelope data
+# ARGV: 1 now_ms, 2 status key prefix, 3 '1' to return a duplicate's existing envelope data,
+#       then per signal: id, status ttl ms, n targets, the n targets, envelope data
 # Atomic (the whole batch, so each signal too): the consumer groups a target lacks, the
 # stream entry and every target's pending status appear together, or nothing does. A
 # signal whose status hash exists was published before: nothing is written for it. A
 # group is created only for a target not yet in the groups set (a membership test per
-# target instead of a failing XGROUP CREATE per target and signal).
-# Returns per signal: entry id, then 1 when written or 0 for a duplicate.
-PUBLISH = Script("publish", _STATUS_LIB + """
-local now, prefix = ARGV[1], ARGV[2]
+# target instead of a failing XGROUP CREATE per target and signal). Nothing after the
+# XADD can fail on the size of the target list: the status fields go in bounded slices.
+# Returns per signal: entry id, 1 when written or 0 for a duplicate, and the existing
+# envelope data of a duplicate when ARGV[3] is '1' (else '').
+PUBLISH = Script("publish", CHUNK_LIB + _STATUS_LIB + """
+local now, prefix, want = ARGV[1], ARGV[2], ARGV[3]
 local out = {}
 local subscribers
-local i = 3
+local i = 4
 while i <= #ARGV do
   local sid, ttl, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
   local st = prefix .. sid
@@ -66,6 +102,15 @@ while i <= #ARGV do
   if existing then
     out[#out + 1] = existing
     out[#out + 1] = 0
+    local old = ''
+    if want == '1' then
+      local e = redis.call('XRANGE', KEYS[1], existing, existing)
+      if e[1] then
+        local kv = e[1][2]
+        for j = 1, #kv, 2 do if kv[j] == 'd' then old = kv[j + 1] end end
+      end
+    end
+    out[#out + 1] = old
   else
     local targets
     if n == 0 then
@@ -88,10 +133,11 @@ while i <= #ARGV do
       fields[#fields + 1] = t
       fields[#fields + 1] = p
     end
-    redis.call('HSET', st, unpack(fields))
+    call_chunked('HSET', st, fields)
     redis.call('PEXPIRE', st, ttl)
     out[#out + 1] = id
     out[#out + 1] = 1
+    out[#out + 1] = ''
   end
   i = i + 4 + n
 end
@@ -100,34 +146,40 @@ return out
 
 # Batch scripts take their entries packed into one argument instead of several arguments
 # (and a declared key) per entry: encoding arguments was the largest client-side cost per
-# message. The status hashes they touch are built from a prefix in the topic's hash tag,
-# so they always live in the stream's cluster slot.
+# message. Every packed id is checked by the client to hold no ',' or ' ' (entry ids are
+# digits and '-', signal ids match ``SIGNAL_ID``, garbage ids are sent as '~'). The status
+# hashes they touch are built from a prefix in the topic's hash tag, so they always live
+# in the stream's cluster slot.
 
 # DELIVER — record that a consumer read a batch of entries.
 # KEYS: 1 stream
 # ARGV: 1 group (target agent), 2 consumer, 3 now_ms, 4 status ttl ms for untracked
-#       signals, 5 status key prefix, 6 the entries: "ENTRY_ID,SIGNAL_ID,EXPIRED ..."
-#       (EXPIRED is 1 or 0; ids never hold ',' or ' ')
+#       signals, 5 status key prefix, 6 the entries: "ENTRY_ID,SIGNAL_ID,EXPIRED,TARGETED ..."
+#       (EXPIRED 1 or 0; TARGETED 1 when the envelope names this agent or no target at all)
 # Per entry, atomically with its ack where one is due:
 #   not a target of the signal, or already terminal -> XACK, result 0
 #   expired -> status 'x' + XACK, result -1
 #   otherwise -> status 'd', attempts + 1, result = the new attempt number
-# An entry with no status hash at all (a valid envelope written by a plain XADD) is
-# treated as targeted, and its hash is created with a TTL.
+# The status the publisher wrote decides who is a target. An entry written without one
+# (a valid envelope from a plain XADD) is decided by its envelope (TARGETED): the hash is
+# created, marked '_u', and every targeted group adds its own field.
 DELIVER = Script("deliver", _STATUS_LIB + """
 local group, consumer, now, prefix = ARGV[1], ARGV[2], ARGV[3], ARGV[5]
 local out = {}
-for eid, sid, expired in string.gmatch(ARGV[6], '([^, ]+),([^, ]+),(%d)') do
+for eid, sid, expired, targeted in
+    string.gmatch(ARGV[6], '([^, ]+),([^, ]+),(%d),(%d)') do
   local st = prefix .. sid
   local cur = redis.call('HGET', st, group)
-  local untracked = false
   local result = 0
   if not cur then
-    if redis.call('EXISTS', st) == 1 then
+    local tracked = redis.call('EXISTS', st) == 1 and redis.call('HEXISTS', st, '_u') == 0
+    if tracked or targeted == '0' then
       redis.call('XACK', KEYS[1], group, eid)
     else
-      untracked = true
       cur = pack('p', 0, now, '', '', '')
+      redis.call('HSET', st, '_u', '1')
+      if redis.call('HEXISTS', st, '_e') == 0 then redis.call('HSET', st, '_e', eid) end
+      if redis.call('PTTL', st) < 0 then redis.call('PEXPIRE', st, ARGV[4]) end
     end
   end
   if cur then
@@ -142,10 +194,6 @@ for eid, sid, expired in string.gmatch(ARGV[6], '([^, ]+),([^, ]+),(%d)') do
       redis.call('HSET', st, group, pack('d', a + 1, now, consumer, '', ''))
       result = a + 1
     end
-    if untracked then
-      redis.call('HSET', st, '_e', eid)
-      redis.call('PEXPIRE', st, ARGV[4])
-    end
   end
   out[#out + 1] = result
 end
@@ -153,17 +201,22 @@ return out
 """)
 
 # FINISH — terminal outcome of a batch of entries, written with their acks.
-# KEYS: 1 stream, 2 dead-letter stream
+# KEYS: 1 stream, 2 dead-letter stream, 3 the topic's set of dead-lettered entries that
+#       have no status ("AGENT|ENTRY_ID" by entry time)
 # ARGV: 1 group, 2 consumer, 3 now_ms, 4 status key prefix, 5 the entries:
 #       "ENTRY_ID,SIGNAL_ID,STATE,ATTEMPTS,DECISION_ID,K ..." where STATE is 's'
-#       processed, 'f' failed, 'x' expired or 'a' ack only (the entry was deleted from the
-#       stream), DECISION_ID is '-' for none, and K is 0 or the index in ARGV of the error
-#       type, the error text following it; 6.. error types and texts
+#       processed, 'f' failed, 'x' expired or 'a' ack only, SIGNAL_ID is '~' for an entry
+#       without a usable id, DECISION_ID is '-' for none, and K is 0 or the index in ARGV
+#       of the error type, followed by the status message (already cut to a whole UTF-8
+#       character under 500 bytes by the client) and the full error text; 6.. those triples
 # Per entry, atomically: if the target's status is already terminal only the ack happens;
 # otherwise the terminal status is written (only if the status hash exists: garbage entries
 # have none and must not leave an immortal hash behind), a failed entry is copied with its
-# original fields and the error onto the dead-letter stream, and the entry is acked.
-FINISH = Script("finish", _STATUS_LIB + """
+# original fields (at most 1,000 of them) and the error onto the dead-letter stream, and
+# the entry is acked. An entry without status is dead-lettered once per group, however
+# often it is read again (group recreated, reconnect re-read): KEYS[3] remembers it.
+# Returns the number of entries it understood (the client checks it against what it sent).
+FINISH = Script("finish", CHUNK_LIB + _STATUS_LIB + """
 local group, consumer, now, prefix = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local n = 0
 for eid, sid, state, attempts, decision, k in
@@ -171,31 +224,48 @@ for eid, sid, state, attempts, decision, k in
   n = n + 1
   local st = prefix .. sid
   if decision == '-' then decision = '' end
-  local etype, err = '', ''
+  local etype, msg, err = '', '', ''
   if k ~= '0' then
-    etype, err = ARGV[tonumber(k)], ARGV[tonumber(k) + 1]
+    local j = tonumber(k)
+    etype, msg, err = ARGV[j], ARGV[j + 1], ARGV[j + 2]
   end
+  local tracked = sid ~= '~' and redis.call('EXISTS', st) == 1
   local done = state == 'a'
-  if not done then
+  if not done and tracked then
     local cur = redis.call('HGET', st, group)
     if cur then done = terminal(parse(cur)) end
   end
+  if not done and not tracked and state == 'f' then
+    local mark = group .. '|' .. eid
+    if redis.call('ZSCORE', KEYS[3], mark) then
+      done = true
+    else
+      redis.call('ZADD', KEYS[3], tonumber(string.match(eid, '^(%d+)')) or 0, mark)
+    end
+  end
   if not done then
-    if redis.call('EXISTS', st) == 1 then
-      local msg = err
-      if etype ~= '' then msg = etype .. ': ' .. err end
-      if #msg > 500 then msg = string.sub(msg, 1, 500) end
+    if tracked then
       redis.call('HSET', st, group, pack(state, attempts, now, consumer, decision, msg))
     end
     if state == 'f' then
-      local fields = {'dlq.target', group, 'dlq.error_type', etype, 'dlq.error', err,
+      local fields = {'*', 'dlq.target', group, 'dlq.error_type', etype, 'dlq.error', err,
         'dlq.attempts', attempts, 'dlq.failed_at', now, 'dlq.entry', eid,
         'dlq.consumer', consumer}
       local e = redis.call('XRANGE', KEYS[1], eid, eid)
       if e[1] then
-        for _, v in ipairs(e[1][2]) do fields[#fields + 1] = v end
+        local kv = e[1][2]
+        local keep = math.min(#kv, 2000)
+        for j = 1, keep do fields[#fields + 1] = kv[j] end
+        if keep < #kv then
+          fields[#fields + 1] = 'dlq.fields_dropped'
+          fields[#fields + 1] = tostring((#kv - keep) / 2)
+        end
+      elseif sid ~= '~' then
+        fields[#fields + 1] = 'i'
+        fields[#fields + 1] = sid
       end
-      redis.call('XADD', KEYS[2], '*', unpack(fields))
+      -- bounded: at most 2015 values (14 dlq fields, 2,000 original, 1 marker pair)
+      redis.call('XADD', KEYS[2], unpack(fields, 1, #fields))
     end
   end
   redis.call('XACK', KEYS[1], group, eid)
@@ -205,32 +275,71 @@ return n
 
 # LEASE — keep this consumer's in-flight entries from going idle.
 # KEYS: 1 stream
-# ARGV: 1 group, 2 consumer, 3.. entry ids
+# ARGV: 1 group, 2 consumer, 3.. entry ids (the client sends at most 1,000 per call)
 # Each entry still owned by the consumer has its idle time reset (XCLAIM JUSTID, which
 # does not count a delivery); entries another consumer took over are left alone.
 # Returns the ids this consumer no longer owns.
 LEASE = Script("lease", """
 local group, consumer = ARGV[1], ARGV[2]
-local owned, lost = {}, {}
+local lost = {}
 for i = 3, #ARGV do
   local p = redis.call('XPENDING', KEYS[1], group, ARGV[i], ARGV[i], 1)
-  if p[1] and p[1][2] == consumer then owned[#owned + 1] = ARGV[i]
-  else lost[#lost + 1] = ARGV[i] end
-end
-if #owned > 0 then
-  redis.call('XCLAIM', KEYS[1], group, consumer, 0, unpack(owned), 'JUSTID')
+  if p[1] and p[1][2] == consumer then
+    redis.call('XCLAIM', KEYS[1], group, consumer, 0, ARGV[i], 'JUSTID')
+  else
+    lost[#lost + 1] = ARGV[i]
+  end
 end
 return lost
+""")
+
+# RELEASE — hand entries back that this consumer holds but will not run (it is stopping).
+# KEYS: 1 stream
+# ARGV: 1 group, 2 consumer, 3 now_ms, 4 status key prefix, 5 idle ms to set,
+#       6 the entries: "ENTRY_ID,SIGNAL_ID,UNDO ..." (UNDO 1 when the entry's current
+#       attempt was counted but its handler never started)
+# Per entry still owned by the consumer, atomically: the uncounted attempt is taken back
+# (status back to 'pending' when no attempt is left, so a stop never spends an attempt of
+# a signal that did not run), and the entry's idle time is set to ARGV[5] so the next
+# reclaim pass of a live consumer takes it without waiting for it to age.
+# Returns the number of entries handed back.
+RELEASE = Script("release", _STATUS_LIB + """
+local group, consumer, now, prefix = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local n = 0
+for eid, sid, undo in string.gmatch(ARGV[6], '([^, ]+),([^, ]+),(%d)') do
+  local p = redis.call('XPENDING', KEYS[1], group, eid, eid, 1)
+  if p[1] and p[1][2] == consumer then
+    if undo == '1' and sid ~= '~' then
+      local st = prefix .. sid
+      local cur = redis.call('HGET', st, group)
+      if cur then
+        local s, a, t, c = parse(cur)
+        if s == 'd' and c == consumer and a > 0 then
+          a = a - 1
+          if a == 0 then
+            redis.call('HSET', st, group, pack('p', 0, now, '', '', ''))
+          else
+            redis.call('HSET', st, group, pack('d', a, now, consumer, '', ''))
+          end
+        end
+      end
+    end
+    redis.call('XCLAIM', KEYS[1], group, consumer, 0, eid, 'IDLE', ARGV[5], 'JUSTID')
+    n = n + 1
+  end
+end
+return n
 """)
 
 # REPLAY — move one dead letter back onto its topic for its target.
 # KEYS: 1 stream, 2 dead-letter stream, 3 status hash of the signal
 # ARGV: 1 dead-letter entry id, 2 now_ms, 3 status ttl ms
-# Atomic: the original envelope is appended to the stream again (the target's group is
-# created if missing), the target's status goes back to pending with 0 attempts, and the
-# dead letter is deleted. Other targets' groups see the new entry as already terminal and
-# ack it without running anything. Returns 1, 0 (no such dead letter) or -1 (the dead
-# letter holds no valid envelope: it stays).
+# Atomic: the original envelope is appended to the stream again, restricted to the target
+# (field 't'; the target's group is created if missing), the target's status goes back to
+# pending with 0 attempts, and the dead letter is deleted. Other targets' groups ack the
+# new entry without looking at it, whatever their own status is (still running, or
+# waiting for a retry): a replay never runs anything twice for them. Returns 1, 0 (no such
+# dead letter) or -1 (the dead letter holds no valid envelope: it stays).
 REPLAY = Script("replay", _STATUS_LIB + """
 local e = redis.call('XRANGE', KEYS[2], ARGV[1], ARGV[1])
 if not e[1] then return 0 end
@@ -240,7 +349,7 @@ for i = 1, #kv, 2 do f[kv[i]] = kv[i + 1] end
 local target = f['dlq.target']
 if not (f['v'] and f['i'] and f['d'] and target) then return -1 end
 pcall(redis.call, 'XGROUP', 'CREATE', KEYS[1], target, '$', 'MKSTREAM')
-local id = redis.call('XADD', KEYS[1], '*', 'v', f['v'], 'i', f['i'], 'd', f['d'])
+local id = redis.call('XADD', KEYS[1], '*', 'v', f['v'], 'i', f['i'], 'd', f['d'], 't', target)
 redis.call('HSET', KEYS[3], '_e', id, target, pack('p', 0, ARGV[2], '', '', ''))
 if redis.call('PTTL', KEYS[3]) < tonumber(ARGV[3]) then
   redis.call('PEXPIRE', KEYS[3], ARGV[3])
@@ -249,7 +358,33 @@ redis.call('XDEL', KEYS[2], ARGV[1])
 return 1
 """)
 
-ALL = (PUBLISH, DELIVER, FINISH, LEASE, REPLAY)
+# HEARTBEAT — register consumers as alive, stamped with the server's clock.
+# KEYS: 1 heartbeat zset, 2 heartbeat records hash
+# ARGV: member, record JSON, member, record JSON, ... (one pair per consumer of a worker)
+# Liveness compares these stamps with the server's TIME, never with another host's clock.
+HEARTBEAT = Script("heartbeat", """
+local t = redis.call('TIME')
+local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for i = 1, #ARGV, 2 do
+  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+  redis.call('ZADD', KEYS[1], ms, ARGV[i])
+end
+return ms
+""")
+
+# DELCONSUMER — remove a dead consumer from a group, only if it holds nothing.
+# KEYS: 1 stream; ARGV: 1 group, 2 consumer
+# Atomic: XGROUP DELCONSUMER drops the consumer's pending entries with it (they would never
+# be delivered again), so the check and the removal must not be split. Returns 1 removed,
+# 0 it holds entries (left alone).
+DELCONSUMER = Script("delconsumer", """
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])
+if p[1] then return 0 end
+redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+return 1
+""")
+
+ALL = (PUBLISH, DELIVER, FINISH, LEASE, RELEASE, REPLAY, HEARTBEAT, DELCONSUMER)
 
 
 async def run(client: Redis, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
@@ -523,24 +658,34 @@ end
 return 0
 """)
 
-# JANITOR_TOPIC — expire what is owed past its expiry, then trim the stream before MINID.
-# KEYS: 1 stream, 2 the topic's fence key, 3..n+2 the status hash of each expired entry
-# ARGV: 1 fencing token, 2 now ms, 3 MINID (first entry to keep), then the n entry ids
+# JANITOR_TOPIC — expire what is owed past its expiry, then remove those entries.
+# KEYS: 1 stream, 2 the topic's fence key, 3 the topic's dead-lettered-garbage set,
+#       4..n+3 the status hash of each expired entry
+# ARGV: 1 fencing token, 2 now ms, 3 MINID (first entry to keep; '' to trim nothing),
+#       4..n+3 the entry id of each status hash in KEYS (same position)
 # Atomic per call: a janitor whose token is older than one already seen on this topic
 # does nothing (-1). Otherwise every target of each entry that is not terminal becomes
-# 'expired' and the entry is acked in that target's group, and only then is the stream
-# trimmed: no owed entry is ever trimmed without its status saying so. Returns the number
-# of entries trimmed.
+# 'expired' and the entry is acked in that target's group; only then are the entries
+# removed: those before MINID by XTRIM, the others (expired entries behind a long-lived
+# one that pins MINID) one by one with XDEL. No owed entry is ever removed without its
+# status saying so. Returns the number of entries removed.
 JANITOR_TOPIC = Script("janitor_topic", _STATUS_LIB + """
 local seen = tonumber(redis.call('GET', KEYS[2]) or '0')
 if tonumber(ARGV[1]) < seen then return -1 end
 redis.call('SET', KEYS[2], ARGV[1])
-for i = 3, #KEYS do
-  local eid = ARGV[i + 1]
+local function before(a, b)
+  local am, as = string.match(a, '^(%d+)-(%d+)$')
+  local bm, bs = string.match(b, '^(%d+)-(%d+)$')
+  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
+  return am < bm or (am == bm and as < bs)
+end
+local removed = 0
+for i = 4, #KEYS do
+  local eid = ARGV[i]
   local h = redis.call('HGETALL', KEYS[i])
   for j = 1, #h, 2 do
     local target = h[j]
-    if target ~= '_e' then
+    if not meta(target) then
       local s, a = parse(h[j + 1])
       if not terminal(s) then
         redis.call('HSET', KEYS[i], target,
@@ -549,6 +694,14 @@ for i = 3, #KEYS do
       pcall(redis.call, 'XACK', KEYS[1], target, eid)
     end
   end
+  if ARGV[3] == '' or not before(eid, ARGV[3]) then
+    removed = removed + redis.call('XDEL', KEYS[1], eid)
+  end
 end
-return redis.call('XTRIM', KEYS[1], 'MINID', ARGV[3])
+if ARGV[3] ~= '' then
+  removed = removed + redis.call('XTRIM', KEYS[1], 'MINID', ARGV[3])
+  local ms = string.match(ARGV[3], '^(%d+)')
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. ms)
+end
+return removed
 """)

@@ -109,27 +109,37 @@ class DeadLetter(BaseModel):
 
 def parse_target(value: bytes | str) -> TargetStatus:
     """A ``TargetStatus`` from the packed hash value written by the Lua scripts."""
-    text = value.decode() if isinstance(value, bytes) else value
+    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
     parts = text.split("|", 5)
     parts += [""] * (6 - len(parts))
     code, attempts, updated, consumer, decision, error = parts
     return TargetStatus(
         state=_CODES.get(code, StatusState.pending),
-        attempts=int(attempts or 0),
-        updated_at=datetime.fromtimestamp(int(updated) / 1000, UTC) if updated else None,
+        attempts=int(attempts) if attempts.isdigit() else 0,
+        updated_at=_ms_time(updated),
         consumer=consumer or None,
         decision_id=decision or None,
         error=error or None,
     )
 
 
+def _ms_time(text: str) -> datetime | None:
+    if not text.isdigit():
+        return None
+    try:
+        return datetime.fromtimestamp(int(text) / 1000, UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
 def _status(signal_id: str, topic: str, raw: dict[bytes, bytes]) -> SignalStatus:
-    entry = raw.pop(b"_e", None)
+    entry = raw.get(b"_e")
     return SignalStatus(
         signal_id=signal_id,
         type=topic,
-        entry_id=entry.decode() if entry else None,
-        targets={k.decode(): parse_target(v) for k, v in sorted(raw.items())},
+        entry_id=entry.decode("utf-8", "replace") if entry else None,
+        targets={k.decode("utf-8", "replace"): parse_target(v) for k, v in sorted(raw.items())
+                 if not k.startswith(b"_")},
     )
 
 

@@ -5,15 +5,17 @@ from __future__ import annotations
 import fnmatch
 import re
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import anyio
 import structlog
 
 from ..errors import ConfigurationError, DecodeError
+from .backoff import Backoff
 from .codec import decode
+from .faults import ride_out
 from .keys import check_topic
 from .signal import Signal
 
@@ -30,6 +32,19 @@ _CHUNK = 500
 _REFRESH = 2.0
 
 Entry = tuple[bytes, dict[bytes, bytes]]
+T = TypeVar("T")
+
+
+async def _patiently(call: Callable[[], Awaitable[T]], patient: bool) -> T:
+    """``call()``; when ``patient`` (following), ride out Redis being away until it answers."""
+    backoff = Backoff()
+    while True:
+        try:
+            return await call()
+        except Exception as exc:
+            if not patient:
+                raise
+            await ride_out(exc, backoff, log, "tail")
 
 
 def _start_id(since: datetime | timedelta | str) -> str:
@@ -83,20 +98,24 @@ async def tail(
     History first: the ``last`` N entries, or everything after ``since``, or (neither
     given, not following) the whole retained stream. Then, with ``follow``, new entries
     as they arrive; with globs or all topics, topics created later are picked up too.
+    Following rides out Redis going away: it reconnects with backoff and resumes after
+    the last entry it yielded, so nothing is skipped or yielded twice.
     """
     if last is not None and last < 0:
         raise ConfigurationError("last must be 0 or more")
     dynamic = topics is None or any(
         _GLOB & set(t) for t in ([topics] if isinstance(topics, str) else topics)
     )
-    names = await resolve_topics(bus, topics)
+    if since is not None:
+        _start_id(since)  # a bad value is a usage error, whatever Redis is doing
+    names = await _patiently(lambda: resolve_topics(bus, topics), follow)
     cursors: dict[str, str] = {}
     with bus.errors():
         if last is not None:
-            history = await _last(bus, names, last)
+            history = await _patiently(lambda: _last(bus, names, last), follow)
         elif since is not None or not follow:
             start = "-" if since is None else _start_id(since)
-            history = await _range(bus, names, start)
+            history = await _patiently(lambda: _range(bus, names, start), follow)
         else:
             history = []
         for topic, entry in history:
@@ -158,16 +177,24 @@ async def _follow(
     block = None if bus.embedded else int(min(bus.settings.block_timeout, _REFRESH) * 1000)
     refreshed = time.monotonic()
     idle = 0
+    backoff = Backoff()
     while True:
-        if dynamic and time.monotonic() - refreshed > _REFRESH:
-            refreshed = time.monotonic()
-            for topic in await resolve_topics(bus, topics):
-                cursors.setdefault(topic, "0-0")
-        if not cursors:
-            await anyio.sleep(_REFRESH if not bus.embedded else 0.05)
+        try:
+            if dynamic and time.monotonic() - refreshed > _REFRESH:
+                refreshed = time.monotonic()
+                for topic in await resolve_topics(bus, topics):
+                    cursors.setdefault(topic, "0-0")
+            if not cursors:
+                await anyio.sleep(_REFRESH if not bus.embedded else 0.05)
+                continue
+            streams = {bus.keys.topic(t).stream: c for t, c in cursors.items()}
+            result = await bus.redis.xread(streams, count=_CHUNK, block=block)
+            if backoff.attempts:
+                log.info("tail_resumed", after={t: c for t, c in cursors.items()})
+            backoff.reset()
+        except Exception as exc:
+            await ride_out(exc, backoff, log, "tail")
             continue
-        streams = {bus.keys.topic(t).stream: c for t, c in cursors.items()}
-        result = await bus.redis.xread(streams, count=_CHUNK, block=block)
         got: list[tuple[str, Entry]] = []
         for stream, entries in result or []:
             name = bus.keys.topic_of_stream(stream.decode())

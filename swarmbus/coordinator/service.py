@@ -9,10 +9,11 @@ from datetime import timedelta
 import anyio
 import structlog
 from anyio.abc import TaskStatus
-from redis import exceptions as rexc
 
 from ..agents.state import StateStore
+from ..bus.backoff import Backoff
 from ..bus.connection import Bus
+from ..bus.faults import describe, ride_out
 from . import analytics, janitor
 from .consolidation import consolidate, ensure_group, reclaim
 from .lease import Lease
@@ -21,8 +22,6 @@ from .registry import discover_agents
 __all__ = ["Coordinator"]
 
 log = structlog.get_logger(__name__)
-
-_CONNECTION_ERRORS = (rexc.ConnectionError, rexc.TimeoutError, OSError)
 
 
 def _seconds(value: float | timedelta) -> float:
@@ -86,8 +85,14 @@ class Coordinator:
         self._stopping = True
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Serve until ``stop()`` or cancellation."""
-        await self._discover()
+        """Serve until ``stop()`` or cancellation (waiting for Redis if it is away)."""
+        backoff = Backoff()
+        while not self._stopping:
+            try:
+                await self._discover()
+                break
+            except Exception as exc:
+                await ride_out(exc, backoff, log, "coordinator_start", coordinator=self.name)
         task_status.started()
         log.info("coordinator_started", coordinator=self.name, agents=self.agents)
         try:
@@ -99,8 +104,9 @@ class Coordinator:
             with anyio.CancelScope(shield=True), anyio.move_on_after(2):
                 try:
                     await self.lease.release()
-                except _CONNECTION_ERRORS:
-                    pass
+                except Exception as exc:  # it expires by itself within lease_ttl
+                    log.warning("lease_release_failed", coordinator=self.name,
+                                error=describe(exc))
             log.info("coordinator_stopped", coordinator=self.name, folded=self.folded)
 
     async def _discover(self) -> None:
@@ -117,7 +123,7 @@ class Coordinator:
     async def _consolidation(self) -> None:
         next_discovery = time.monotonic() + self.discover_every
         next_reclaim = time.monotonic() + self.reclaim_idle / 2
-        delay = 0.0
+        backoff = Backoff()
         while not self._stopping:
             try:
                 if time.monotonic() >= next_discovery:
@@ -133,29 +139,27 @@ class Coordinator:
                                                  min_idle=self.reclaim_idle, count=self.batch)
                     next_reclaim = time.monotonic() + self.reclaim_idle / 2
                 self.folded += handled
-                delay = 0.0
+                backoff.reset()
                 if not handled and (self.bus.embedded or not self.agents):
                     await anyio.sleep(self.poll)  # nothing to block on
-            except _CONNECTION_ERRORS as exc:
-                delay = min(max(delay * 2, 0.1), 5.0)
-                log.warning("coordinator_connection_lost", error=str(exc), retry_in=delay)
-                await anyio.sleep(delay)
-            except rexc.ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
-                log.error("coordinator_group_recreated", error=str(exc))
-                self.agents = []  # rediscovery recreates the groups
-                next_discovery = 0.0
-                await anyio.sleep(self.poll)
+            except Exception as exc:
+                if "NOGROUP" in describe(exc):
+                    log.error("coordinator_group_recreated", error=describe(exc))
+                    self.agents = []  # rediscovery recreates the groups
+                    next_discovery = 0.0
+                await ride_out(exc, backoff, log, "consolidation", coordinator=self.name)
 
     async def _jobs(self) -> None:
+        backoff = Backoff()
         while True:
             try:
                 token = await self.lease.acquire()
                 if token is not None:
                     await self.run_due_jobs(token)
-            except _CONNECTION_ERRORS as exc:
-                log.warning("coordinator_jobs_deferred", error=str(exc))
+                backoff.reset()
+            except Exception as exc:
+                await ride_out(exc, backoff, log, "coordinator_jobs", coordinator=self.name)
+                continue
             await anyio.sleep(min(1.0, self.lease.ttl / 3))
 
     async def run_due_jobs(self, token: int, *, force: bool = False) -> None:

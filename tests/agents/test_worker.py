@@ -169,10 +169,13 @@ async def test_heartbeats_show_live_workers_and_dead_ones(make_bus) -> None:
         (live,) = await eventually(counted)
         assert (live.agent, live.consumer, live.version, live.topics, live.alive) == (
             "risk-manager", "host:7:abc", "3.0.0", ["JOB"], True)
-        # a consumer that stopped beating a while ago (SIGKILL, lost host)
-        long_ago = datetime.now(UTC) - timedelta(minutes=5)
-        await beat(bus, [live.model_copy(update={"consumer": "gone:9:dead",
-                                                 "last_beat": long_ago})])
+        # a consumer that stopped beating (SIGKILL, lost host), on a host whose clock runs
+        # five minutes ahead: liveness goes by the server's clock, never the host's
+        ahead = datetime.now(UTC) + timedelta(minutes=5)
+        await beat(bus, [live.model_copy(update={"consumer": "gone:9:dead", "ttl": 0.2,
+                                                 "last_beat": ahead})])
+        assert ("gone:9:dead", True) in [(h.consumer, h.alive) for h in await heartbeats(bus)]
+        await anyio.sleep(0.3)
         beats = await heartbeats(bus)
         assert [(h.consumer, h.alive) for h in beats] == [
             ("host:7:abc", True), ("gone:9:dead", False)]
@@ -229,10 +232,8 @@ async def test_retry_from_an_agent_handler(make_bus) -> None:
 async def test_misconfigured_agents_and_workers_fail_early_with_clear_errors(make_bus) -> None:
     bus = await make_bus()
     agent = Agent("risk-manager")
-    with pytest.raises(swarmbus.ConfigurationError, match="must be an async function"):
-        @agent.on("JOB")
-        def sync_handler(signal: Signal, ctx: Context) -> None:  # pragma: no cover
-            return None
+    with pytest.raises(swarmbus.ConfigurationError, match="must be a function"):
+        agent.on("JOB")(42)  # type: ignore[arg-type]
     with pytest.raises(swarmbus.ConfigurationError, match="has no handlers"):
         Worker(bus, agent)
 

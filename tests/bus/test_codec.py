@@ -301,8 +301,8 @@ def test_decode_of_random_field_maps_raises_only_decode_error(fields: dict[bytes
 @given(bad_bodies())
 def test_decode_of_objects_with_wrong_field_types_raises_decode_error(body: dict[str, Any]) -> None:
     fields = _entry(body)
-    try:
-        Signal.model_validate({**body, "id": "01HZX3J6M6Q8S3V2W1Y0ABCDEF"})
+    try:  # the envelope's 'i' stands in for a missing id; a present one must be valid
+        Signal.model_validate({"id": "01HZX3J6M6Q8S3V2W1Y0ABCDEF", **body})
     except ValidationError:
         _decode_error(fields)
     else:  # the drawn values happened to be valid

@@ -44,6 +44,7 @@ def state_of(
 
     def read(topic: str, signal_id: str) -> dict[str, StatusState]:
         raw = cast(dict[bytes, bytes], rclient.hgetall(keys.topic(topic).status(signal_id)))
-        return {k.decode(): parse_target(v).state for k, v in raw.items() if k != b"_e"}
+        return {k.decode(): parse_target(v).state for k, v in raw.items()
+                if not k.startswith(b"_")}
 
     return read

@@ -94,8 +94,8 @@ def test_run_of_a_missing_module_names_it_exactly(offline_cli: CLI) -> None:
     assert result.stderr == "swarmbus: error: cannot import 'nosuch': No module named 'nosuch'\n"
 
 
-@pytest.mark.parametrize("command", [["status", "01ABC"], ["tail", "-f"],
-                                     ["run", "tests.cli.app_agents:risk"]], ids=" ".join)
+@pytest.mark.parametrize("command", [["status", "01ABC"], ["tail", "--last", "3"],
+                                     ["groups"]], ids=" ".join)
 def test_unreachable_redis_exits_1_naming_the_address_not_the_password(
     offline_cli: CLI, command: list[str]
 ) -> None:
@@ -105,6 +105,24 @@ def test_unreachable_redis_exits_1_naming_the_address_not_the_password(
     assert result.returncode == 1
     assert f"cannot reach redis at redis://:***@127.0.0.1:{port}/0" in line
     assert "hunter2" not in result.stderr
+
+
+@pytest.mark.parametrize("command", [["tail", "-f"], ["run", "tests.cli.app_agents:risk"],
+                                     ["coordinator"]], ids=" ".join)
+def test_services_wait_for_an_unreachable_redis_and_say_where(
+    offline_cli: CLI, command: list[str]
+) -> None:
+    """Services started before Redis (systemd, k8s) keep trying, as Celery workers do:
+    each try logs the address (never the password); a stop request ends them cleanly."""
+    port = free_port()
+    proc = offline_cli.spawn("--redis", f"redis://:hunter2@127.0.0.1:{port}/0", *command)
+    line = proc.expect_err("connect_deferred", timeout=15)
+    assert f"redis://:***@127.0.0.1:{port}/0" in line
+    proc.expect_err("connect_deferred", timeout=15)  # and again: still trying
+    assert proc.popen.poll() is None
+    assert proc.stop(timeout=15) in (0, 130)
+    assert "hunter2" not in "\n".join(proc.stderr)
+    assert "Traceback" not in "\n".join(proc.stderr)
 
 
 def test_debug_shows_the_traceback(offline_cli: CLI) -> None:
