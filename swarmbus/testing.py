@@ -83,6 +83,15 @@ class RedisProcess:
         finally:
             client.close()
 
+    def freeze(self) -> None:
+        """SIGSTOP: the server keeps its sockets but answers nothing, like a stalled host."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)
+
     def kill(self) -> None:
         """SIGKILL: no shutdown, no final fsync, like a crash."""
         if self.proc is not None and self.proc.poll() is None:
