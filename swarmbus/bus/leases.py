@@ -209,9 +209,12 @@ class LeaseKeeper:
                 lost.setdefault(owner, []).extend(
                     r.decode() if isinstance(r, bytes) else str(r) for r in result
                 )
-        if lost:
+        if lost:  # stop renewing them: they are another consumer's now
             with self._lock:
                 for owner, ids in lost.items():
+                    held = self._held.get(owner)
+                    if held is not None:
+                        held.difference_update(ids)
                     self._lost.setdefault(owner, []).extend(ids)
 
     @staticmethod

@@ -31,7 +31,7 @@ async def order(signal: Signal, ctx: Context) -> None:
     if mode is not None:
         await ctx.bus.redis.hincrby(calls_key(ctx), f"alpha:{signal.id}", 1)
     if mode == "block":
-        time.sleep(float(signal.data["seconds"]))  # a synchronous SDK call, say
+        time.sleep(float(signal.data["seconds"]))  # noqa: ASYNC251 - the point: a blocking call
     elif mode == "sleep":
         await anyio.sleep(float(signal.data["seconds"]))
     await ctx.publish("FILL", targets=["beta"], data={"order": signal.id})

@@ -242,8 +242,7 @@ def test_a_sigkilled_workers_entries_are_taken_over_within_claim_idle(
         wait_until(held_by_both, timeout=20)
         tk = keys.topic("ORDER")
         pending = client.xpending_range(tk.stream, "alpha", "-", "+", 10)
-        victim_name = victim.stderr[[i for i, l in enumerate(victim.stderr)
-                                     if "worker_started" in l][0]]
+        victim_name = next(line for line in victim.stderr if "worker_started" in line)
         owners = collections.Counter(p["consumer"].decode() for p in pending)
         assert len(owners) == 2, owners  # both workers hold some
         killed_at = time.monotonic()
