@@ -65,20 +65,24 @@ def is_connection_error(exc: BaseException) -> bool:
 
 
 def _reply_word(exc: BaseException) -> str:
+    """The transient reply word an error carries, or ''.
+
+    Replies come bare (``OOM command not allowed ...``), inside a script error
+    (``... @user_script:12: -OOM ...``) or inside a pipeline error (``Command # 1 (XADD
+    k ...) of pipeline caused error: ('BUSY ...``); the command text before the reply
+    (with key names in it) is never looked at.
+    """
     try:
         text = str(exc)
     except Exception:
         return ""
-    # Script errors wrap the reply: "Error running script ...: OOM command not allowed"
-    # or "ERR Error running script ... -OOM ...": look at the first word and after a '-'.
-    word = text.split(" ", 1)[0].lstrip("-").upper()
-    if word in TRANSIENT_REPLIES:
-        return word
-    for marker in ("-", ": "):
-        for part in text.split(marker)[1:]:
-            head = part.split(" ", 1)[0].upper()
-            if head in TRANSIENT_REPLIES:
-                return head
+    _, marker, reply = text.partition("caused error: ")
+    candidates = [reply.lstrip("('\"")] if marker else [text]
+    candidates += [part for part in candidates[0].split(" -")[1:]]
+    for candidate in candidates:
+        word = candidate.lstrip("-").split(" ", 1)[0].upper()
+        if word in TRANSIENT_REPLIES:
+            return word
     return ""
 
 

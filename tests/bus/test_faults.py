@@ -55,6 +55,8 @@ PACKAGE = Path(swarmbus.__file__).parent
                        "currently unable to persist to disk."),
     rexc.ResponseError("Error running script (call to f_abc): @user_script:12: "
                        "-OOM command not allowed when used memory > 'maxmemory'"),
+    rexc.ResponseError("Command # 1 (SISMEMBER ns:{t:JOB}:groups risk) of pipeline caused "
+                       "error: ('BUSY Redis is busy running a script.',)"),
 ], ids=lambda e: f"{type(e).__name__}:{str(e)[:24]}")
 def test_transient_trouble_is_ridden_out(exc: BaseException) -> None:
     assert faults.is_transient(exc)
@@ -67,6 +69,8 @@ def test_transient_trouble_is_ridden_out(exc: BaseException) -> None:
     rexc.ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value"),
     rexc.ResponseError("ERR unknown command 'FOO'"),
     rexc.ResponseError("NOGROUP No such key 'x' or consumer group 'y'"),
+    rexc.ResponseError("Command # 2 (XADD ns:{t:BUSY}:stream * -OOM x) of pipeline caused "
+                       "error: ('WRONGTYPE Operation against a key',)"),
     rexc.AuthenticationError("invalid username-password pair"),
     rexc.NoPermissionError("NOPERM this user has no permissions to run the 'xadd' command"),
     RuntimeError("a bug of ours"),
