@@ -22,7 +22,7 @@ import orjson
 from pydantic import ValidationError
 
 from ..errors import DecodeError, InvalidSignal, PayloadTooLarge
-from .signal import SIGNAL_ID, Signal
+from .signal import AGENT_NAME, SIGNAL_ID, Signal
 
 __all__ = ["ENVELOPE_VERSION", "decode", "encode", "entry_signal_id", "entry_target"]
 
@@ -32,6 +32,7 @@ F_ID = b"i"
 F_DATA = b"d"
 F_TARGET = b"t"
 _SIGNAL_ID = re.compile(SIGNAL_ID)
+_AGENT = re.compile(AGENT_NAME)
 
 
 def encode(signal: Signal, max_bytes: int) -> dict[bytes, bytes]:
@@ -84,11 +85,18 @@ def entry_signal_id(fields: Mapping[bytes, bytes]) -> str | None:
 
 
 def entry_target(fields: Mapping[bytes, bytes]) -> str | None:
-    """The single target a replayed entry is restricted to, if any (``t``)."""
+    """The single target a replayed entry is restricted to, if any (``t``).
+
+    ``DecodeError`` when the field is there but is no agent name: an entry that only
+    looks like a replay is garbage, and garbage is dead-lettered, never skipped.
+    """
     raw = fields.get(F_TARGET)
     if raw is None:
         return None
-    return raw.decode("utf-8", "replace")
+    text = raw.decode("utf-8", "replace")
+    if not _AGENT.fullmatch(text):
+        raise DecodeError(f"envelope's 't' (replay target) {text[:64]!r} is not an agent name")
+    return text
 
 
 def _describe(exc: ValidationError) -> str:

@@ -423,15 +423,15 @@ class Consumer:
                 if not fields:  # deleted from the stream while pending: nothing to deliver
                     self.acker.queue(Op(tk.topic, entry_id, "~", "a"))
                     continue
-                only_for = entry_target(fields)
+                try:
+                    signal = decode(fields, settings.max_payload_bytes)
+                    only_for = entry_target(fields)
+                except DecodeError as exc:
+                    self._undecodable(tk, entry_id, fields, exc)
+                    continue
                 if only_for is not None and only_for != self.agent:
                     self.stats.skipped += 1  # a dead letter replayed for another target
                     self.acker.queue(Op(tk.topic, entry_id, "~", "a"))
-                    continue
-                try:
-                    signal = decode(fields, settings.max_payload_bytes)
-                except DecodeError as exc:
-                    self._undecodable(tk, entry_id, fields, exc)
                     continue
                 h = _Held(tk.topic, entry_id, signal)
                 self._held[h.key] = h

@@ -672,3 +672,23 @@ async def test_one_long_handler_does_not_stop_the_others(make_bus) -> None:
         assert (await terminal(bus, later))["risk"].state is StatusState.processed
         release.set()
     assert seen == [0, 1]
+
+
+@pytest.mark.parametrize("fields", [{"t": ""}, {"junk": "1", "t": "risk"},
+                                    {"v": "1", "i": "01HZX", "d": "{}", "t": "Not An Agent"}])
+async def test_garbage_that_looks_like_a_replay_is_dead_lettered_not_skipped(
+    make_bus, fields: dict[str, str],
+) -> None:
+    """Found by the hostile suite: an entry with a 't' field was taken for a dead letter
+    replayed for another target and acked without a trace."""
+    bus = await make_bus()
+    consumer = bus.consumer("other", {"JOB": ok})
+    async with running(consumer):
+        await bus.redis.xadd(bus.keys.topic("JOB").stream, fields)
+
+        async def dead_lettered() -> bool:
+            return len(await bus.dead_letters("JOB")) == 1
+
+        await eventually(dead_lettered)
+    (letter,) = await bus.dead_letters("JOB")
+    assert (letter.error_type, letter.target) == ("DecodeError", "other")
