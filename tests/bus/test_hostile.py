@@ -31,7 +31,7 @@ from swarmbus import Reject, Retry, Signal, StatusState
 from swarmbus.bus.consume import Delivery
 from swarmbus.bus.signal import SIGNAL_ID
 from swarmbus.testing import RedisProcess
-from tests.support import eventually, running
+from tests.support import eventually
 
 MAX_ATTEMPTS = 3
 TTL = 2.0
@@ -173,7 +173,7 @@ async def check(url: str, signals: list[Any], garbage: list[dict[bytes, bytes]])
         assert from_signals == dict.fromkeys(failed, 1)
         undecodable = [d for d in letters if d.error_type == "DecodeError"]
         assert len(undecodable) == len(garbage)
-        for signal_id, _, plan, _ in signals:
+        for signal_id, *_ in signals:
             target = (await bus.status(signal_id)).targets["risk"]
             if target.state is StatusState.processed:
                 assert calls[signal_id] == target.attempts
