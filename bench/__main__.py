@@ -14,7 +14,7 @@ import anyio
 
 from swarmbus.logging import configure_logging
 
-from . import bus, coordinator, e2e, memory
+from . import bus, coordinator, e2e, leases, memory
 from .common import environment, redis_url, table, write_json
 
 
@@ -24,7 +24,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller runs, 1 repeat")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", type=Path, default=Path("bench/results/latest.json"))
-    parser.add_argument("--only", choices=["bus", "e2e", "memory", "coordinator"],
+    parser.add_argument("--only", choices=["bus", "e2e", "memory", "coordinator", "leases"],
                         help="run one group of workloads")
     args = parser.parse_args()
     configure_logging("console", "warning")
@@ -35,7 +35,8 @@ def main() -> None:
     with redis_url(args.redis) as url:
         env = environment(url)
         figures = []
-        for name, group in (("bus", bus), ("memory", memory), ("coordinator", coordinator)):
+        for name, group in (("bus", bus), ("memory", memory), ("coordinator", coordinator),
+                            ("leases", leases)):
             if args.only in (None, name):
                 figures += anyio.run(group.run, url, args.quick, repeats)
         if args.only in (None, "e2e"):

@@ -9,8 +9,10 @@ ack (``acks.Acker``); and rides out connection loss and transient server errors.
 
 Entries are known by (topic, entry id): entry ids repeat across streams (two topics
 written in the same millisecond both get ``T-0``). A consumer holds at most
-``2 * concurrency + 10`` entries at a time (running, waiting for a slot or a retry, or
-waiting for their ack), so a backlog of failing signals can never be pulled into memory.
+``2 * concurrency + 10`` entries that still need work (running, or waiting for a slot or
+a retry), so a backlog of failing signals can never be pulled into memory; entries that
+only wait for their ack have a bound of their own, ten times larger, so that acks in
+flight never slow reading down.
 
 Round trips per read batch: one XREADGROUP, one DELIVER script (status + acks of entries
 that need no handler), and the terminal writes of many handlers folded into one FINISH
@@ -201,12 +203,14 @@ class Consumer:
         self.name = consumer_name or new_consumer_name()
         self.slots = slots or Slots(concurrency or bus.settings.concurrency)
         self.max_held = 2 * self.slots.limit + 10
+        self.max_finishing = 10 * self.max_held
         self.stats = Stats()
         self._own_keeper = keeper is None
         self.keeper = keeper or LeaseKeeper(bus)
         self.acker = Acker(bus, agent, self.name, self._acked)
 
         self._held: dict[tuple[str, str], _Held] = {}  # (topic, entry id), until acked
+        self._finishing = 0  # of those, entries whose terminal op is queued
         self._ready: deque[_Held] = deque()
         self._running = 0  # this consumer's handlers; the slots count every consumer's
         self._retries: list[tuple[float, int, _Held]] = []
@@ -308,7 +312,10 @@ class Consumer:
 
     def _capacity(self) -> int:
         """How many more entries this consumer may read now."""
-        return min(self.slots.free - len(self._ready), self.max_held - len(self._held),
+        if self._finishing >= self.max_finishing:  # acks are not getting through
+            return 0
+        working = len(self._held) - self._finishing
+        return min(self.slots.free - len(self._ready), self.max_held - working,
                    self.bus.settings.read_count)
 
     async def _wait_for_capacity(self) -> int:
@@ -550,13 +557,14 @@ class Consumer:
         failure: BaseException | None = None
         decision_id: object = None
         try:
-            with anyio.CancelScope() as scope:
-                if timeout is not None:
-                    scope.deadline = anyio.current_time() + timeout
+            if timeout is None:  # no scope: it costs more than a trivial handler
                 decision_id = await handler(h.signal, delivery)
-            if scope.cancel_called:
-                self.stats.timeouts += 1
-                failure = HandlerTimeout(timeout or 0.0)
+            else:
+                with anyio.CancelScope(deadline=anyio.current_time() + timeout) as scope:
+                    decision_id = await handler(h.signal, delivery)
+                if scope.cancel_called:
+                    self.stats.timeouts += 1
+                    failure = HandlerTimeout(timeout)
         except BaseException as exc:
             if _cancelled_from_outside(exc):
                 raise
@@ -606,14 +614,19 @@ class Consumer:
                            clean_text(error_type), clean_text(error)))
 
     def _finish(self, h: _Held, op: Op) -> None:
-        h.finishing = True
+        if not h.finishing:
+            h.finishing = True
+            self._finishing += 1
         self.acker.queue(op)
 
     def _acked(self, ops: list[Op]) -> None:
         """The acker wrote these: forget the entries (and stop leasing them)."""
         by_topic: dict[str, list[str]] = {}
         for op in ops:
-            if self._held.pop((op.topic, op.entry_id), None) is not None:
+            h = self._held.pop((op.topic, op.entry_id), None)
+            if h is not None:
+                if h.finishing:
+                    self._finishing -= 1
                 by_topic.setdefault(op.topic, []).append(op.entry_id)
         for topic, ids in by_topic.items():
             self.keeper.drop(self._owner(self.bus.keys.topic(topic)), ids)
