@@ -24,12 +24,9 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-import os
-import socket
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -41,10 +38,13 @@ from . import scripts
 from .acks import Acker, Op, clean_text, safe_decision_id
 from .backoff import Backoff, retry_delay
 from .codec import decode, entry_signal_id, entry_target
+from .delivery import Delivery as Delivery
+from .delivery import Handler as Handler
+from .delivery import Held, Slots, Stats
+from .delivery import new_consumer_name as new_consumer_name
 from .faults import describe, is_transient, ride_out, type_name
 from .keys import TopicKeys, check_agent
 from .leases import LeaseKeeper, Running
-from .signal import Signal
 
 if TYPE_CHECKING:
     from .connection import Bus
@@ -56,105 +56,6 @@ log = structlog.get_logger(__name__)
 _RELEASE_CHUNK = 500
 
 Batch = Sequence[tuple[str, Sequence[tuple[bytes, dict[bytes, bytes] | None]]]]
-
-
-def new_consumer_name() -> str:
-    """``host:pid:random``, unique per process start."""
-    return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
-
-
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    """What a handler is told about the delivery it is running for."""
-
-    topic: str
-    entry_id: str
-    attempt: int
-    consumer: str
-    agent: str
-
-
-#: A handler gets the signal and its delivery; it may return a decision id for the status.
-Handler = Callable[[Signal, Delivery], Awaitable[str | None]]
-
-
-@dataclass(slots=True, eq=False)
-class _Held:
-    """An entry this consumer holds: waiting for a slot, running, or waiting to retry."""
-
-    topic: str
-    entry_id: str
-    signal: Signal
-    attempt: int = 0
-    #: The current attempt's handler started (a release must not give the attempt back).
-    started: bool = False
-    #: Its terminal op is queued: the entry is only waiting for its ack.
-    finishing: bool = False
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return self.topic, self.entry_id
-
-
-class Slots:
-    """Handler slots shared by every consumer of one worker process.
-
-    ``Settings.concurrency`` bounds in-flight handlers per process, whatever the number of
-    agents in it: each agent's consumer takes slots from the same pool.
-    """
-
-    def __init__(self, limit: int) -> None:
-        if limit < 1:
-            raise ValueError("concurrency must be at least 1")
-        self.limit = limit
-        self.used = 0
-        self._freed = anyio.Event()
-
-    @property
-    def free(self) -> int:
-        return self.limit - self.used
-
-    def take(self) -> None:
-        self.used += 1
-
-    def give(self) -> None:
-        self.used -= 1
-        self.wake()
-
-    def wake(self) -> None:
-        """Wake every task waiting for a slot (or for room to hold more entries)."""
-        self._freed.set()
-        self._freed = anyio.Event()
-
-    async def wait(self) -> None:
-        await self._freed.wait()
-
-
-@dataclass(slots=True)
-class Stats:
-    """Counters of one consumer since it started."""
-
-    processed: int = 0
-    failed: int = 0
-    expired: int = 0
-    skipped: int = 0
-    retried: int = 0
-    reclaimed: int = 0
-    undecodable: int = 0
-    reconnects: int = 0
-    timeouts: int = 0
-    released: int = 0
-    #: Handler durations: the most recent 10,000, and those since ``take_interval()``.
-    handler_seconds: deque[float] = field(default_factory=lambda: deque(maxlen=10_000),
-                                          repr=False)
-    interval_seconds: list[float] = field(default_factory=list, repr=False)
-    interval_failed: int = 0
-
-    def take_interval(self) -> tuple[list[float], int]:
-        """Durations and failures since the last call (for per-heartbeat metrics)."""
-        taken, failed = self.interval_seconds, self.interval_failed
-        self.interval_seconds, self.interval_failed = [], 0
-        return taken, failed
 
 
 def _cancelled_from_outside(exc: BaseException) -> bool:
@@ -209,11 +110,11 @@ class Consumer:
         self.keeper = keeper or LeaseKeeper(bus)
         self.acker = Acker(bus, agent, self.name, self._acked)
 
-        self._held: dict[tuple[str, str], _Held] = {}  # (topic, entry id), until acked
+        self._held: dict[tuple[str, str], Held] = {}  # (topic, entry id), until acked
         self._finishing = 0  # of those, entries whose terminal op is queued
-        self._ready: deque[_Held] = deque()
+        self._ready: deque[Held] = deque()
         self._running = 0  # this consumer's handlers; the slots count every consumer's
-        self._retries: list[tuple[float, int, _Held]] = []
+        self._retries: list[tuple[float, int, Held]] = []
         self._seq = itertools.count()
         self._retry_added = anyio.Event()
         # Handlers run on a fixed pool of runner tasks that take entries straight from
@@ -419,10 +320,10 @@ class Consumer:
         settings = self.bus.settings
         now = time.time()
         calls: list[tuple[scripts.Script, list[str], list[Any]]] = []
-        groups: list[tuple[TopicKeys, list[_Held]]] = []
+        groups: list[tuple[TopicKeys, list[Held]]] = []
         for stream, entries in batch:
             tk = self._by_stream[stream]
-            held: list[_Held] = []
+            held: list[Held] = []
             for raw_id, fields in entries:
                 entry_id = raw_id.decode()
                 if (tk.topic, entry_id) in self._held:
@@ -440,7 +341,7 @@ class Consumer:
                     self.stats.skipped += 1  # a dead letter replayed for another target
                     self.acker.queue(Op(tk.topic, entry_id, "~", "a"))
                     continue
-                h = _Held(tk.topic, entry_id, signal)
+                h = Held(tk.topic, entry_id, signal)
                 self._held[h.key] = h
                 held.append(h)
             if held:
@@ -465,14 +366,14 @@ class Consumer:
             log.info("pending_resumed", consumer=self.name, agent=self.agent,
                      entries=sum(len(e) for _, e in batch))
 
-    def _forget(self, tk: TopicKeys, held: list[_Held]) -> None:
+    def _forget(self, tk: TopicKeys, held: list[Held]) -> None:
         for h in held:
             self._held.pop(h.key, None)
         self.keeper.drop(self._owner(tk), [h.entry_id for h in held])
         self.slots.wake()
 
     def _deliver_call(
-        self, tk: TopicKeys, held: list[_Held], now: float
+        self, tk: TopicKeys, held: list[Held], now: float
     ) -> tuple[scripts.Script, list[str], list[Any]]:
         settings = self.bus.settings
         packed = " ".join(
@@ -484,7 +385,7 @@ class Consumer:
         args = [self.agent, self.name, int(now * 1000), ttl_ms, tk.status_prefix, packed]
         return scripts.DELIVER, [tk.stream], args
 
-    def _accept(self, h: _Held, code: int) -> None:
+    def _accept(self, h: Held, code: int) -> None:
         """Act on the DELIVER verdict for one entry."""
         if code <= 0:
             self._forget(self.bus.keys.topic(h.topic), [h])
@@ -545,7 +446,7 @@ class Consumer:
             self._idle.append(parked)
             await parked.wait()
 
-    async def _handle(self, h: _Held, task: Any) -> None:
+    async def _handle(self, h: Held, task: Any) -> None:
         """Run one attempt. Whatever the handler raises is a failed attempt, except a
         cancellation of this very task (the consumer is stopping past its grace)."""
         delivery = Delivery(h.topic, h.entry_id, h.attempt, self.name, self.agent)
@@ -586,7 +487,7 @@ class Consumer:
         else:
             self._retry(h, failure, None)
 
-    def _retry(self, h: _Held, exc: BaseException, delay: float | None) -> None:
+    def _retry(self, h: Held, exc: BaseException, delay: float | None) -> None:
         settings = self.bus.settings
         if h.attempt >= settings.max_attempts:
             self._fail(h, type_name(exc), describe(exc, 4000))
@@ -604,7 +505,7 @@ class Consumer:
         heapq.heappush(self._retries, (time.monotonic() + delay, next(self._seq), h))
         self._retry_added.set()
 
-    def _fail(self, h: _Held, error_type: str, error: str) -> None:
+    def _fail(self, h: Held, error_type: str, error: str) -> None:
         self.stats.failed += 1
         self.stats.interval_failed += 1
         log.error("signal_dead_lettered", agent=self.agent, topic=h.topic,
@@ -613,7 +514,7 @@ class Consumer:
         self._finish(h, Op(h.topic, h.entry_id, h.signal.id, "f", h.attempt, "",
                            clean_text(error_type), clean_text(error)))
 
-    def _finish(self, h: _Held, op: Op) -> None:
+    def _finish(self, h: Held, op: Op) -> None:
         if not h.finishing:
             h.finishing = True
             self._finishing += 1
@@ -648,7 +549,7 @@ class Consumer:
                 with anyio.move_on_after(wait):
                     await self._retry_added.wait()
                 continue
-            due: list[_Held] = []
+            due: list[Held] = []
             now = time.monotonic()
             while self._retries and self._retries[0][0] <= now:
                 due.append(heapq.heappop(self._retries)[2])
@@ -661,8 +562,8 @@ class Consumer:
                 await ride_out(exc, backoff, log, "retry", consumer=self.name,
                                agent=self.agent)
 
-    async def _redeliver(self, due: list[_Held]) -> None:
-        by_topic: dict[str, list[_Held]] = {}
+    async def _redeliver(self, due: list[Held]) -> None:
+        by_topic: dict[str, list[Held]] = {}
         for h in due:
             by_topic.setdefault(h.topic, []).append(h)
         now = time.time()
@@ -764,7 +665,7 @@ class Consumer:
 
     # -- shutdown -------------------------------------------------------------------------
 
-    async def _release(self, extra: Sequence[_Held] = ()) -> None:
+    async def _release(self, extra: Sequence[Held] = ()) -> None:
         """Hand back entries read but not run, at once.
 
         They stay in this consumer's pending list (only a live consumer can take them),
@@ -780,7 +681,7 @@ class Consumer:
         waiting = [h for h in unique if self._held.get(h.key) is h and not h.finishing]
         if not waiting:
             return
-        by_topic: dict[str, list[_Held]] = {}
+        by_topic: dict[str, list[Held]] = {}
         for h in waiting:
             by_topic.setdefault(h.topic, []).append(h)
             self._held.pop(h.key, None)
