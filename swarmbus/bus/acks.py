@@ -125,15 +125,25 @@ class Acker:
         if not self._ops:
             return
         ops, self._ops = self._ops, {}
-        chunks = [topic_ops[i : i + CHUNK] for topic_ops in ops.values()
-                  for i in range(0, len(topic_ops), CHUNK)]
+        chunks: list[list[Op]] = []
+        calls = []
+        refused: list[tuple[list[Op], BaseException]] = []
+        for topic_ops in ops.values():
+            for i in range(0, len(topic_ops), CHUNK):
+                chunk = topic_ops[i : i + CHUNK]
+                try:
+                    calls.append(self._call(chunk))
+                except ValueError as bad:  # an id that cannot be packed: a bug of ours
+                    refused.append((chunk, bad))
+                    continue
+                chunks.append(chunk)
         try:
-            results = await scripts.run_many(self.bus.redis, [self._call(c) for c in chunks])
+            results = await scripts.run_many(self.bus.redis, calls)
         except BaseException:
             self._requeue([op for chunk in chunks for op in chunk])
+            self._requeue([op for chunk, _ in refused for op in chunk])
             raise
         retry: list[Op] = []
-        refused: list[tuple[list[Op], BaseException]] = []
         for chunk, result in zip(chunks, results, strict=True):
             if isinstance(result, Exception):
                 if is_transient(result):
@@ -146,8 +156,8 @@ class Acker:
                           sent=len(chunk), understood=int(result))
                 await self._plain_ack(chunk)
             self.on_done(chunk)
-        for chunk, exc in refused:
-            await self._isolate(chunk, exc)
+        for chunk, why in refused:
+            await self._isolate(chunk, why)
         if retry:
             self._requeue(retry)
             first = next(r for r in results if isinstance(r, Exception) and is_transient(r))
@@ -198,7 +208,11 @@ class Acker:
             else:
                 self.on_done([op])
         if hopeless:
-            await self._plain_ack(hopeless)
+            try:
+                await self._plain_ack(hopeless)
+            except BaseException:
+                self._requeue(hopeless)
+                raise
             self.on_done(hopeless)
 
     async def _plain_ack(self, ops: list[Op]) -> None:

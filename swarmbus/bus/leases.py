@@ -156,16 +156,22 @@ class LeaseKeeper:
     # -- the thread ------------------------------------------------------------------------
 
     def _main(self) -> None:
-        client = self.bus.sync_client(socket_timeout=min(max(self.interval * 2, 1.0), 10.0))
+        """The thread: renew when due, watch the loop in between. Never ends on an error."""
+        client: Any = None
         backoff = Backoff(base=min(self.interval, 0.1), cap=self.interval)
         next_lease = time.monotonic()
         stalled: float | None = None
         try:
             while not self._stop.is_set():
                 now = time.monotonic()
-                stalled = self._watch(now, stalled)
+                try:
+                    stalled = self._watch(now, stalled)
+                except Exception as exc:  # reporting must never stop the renewals
+                    log.error("stall_watch_failed", error=describe(exc), exc_info=exc)
                 if now >= next_lease:
                     try:
+                        if client is None:
+                            client = self.bus.sync_client(socket_timeout=self._timeout)
                         self._renew(client)
                         backoff.reset()
                         next_lease = now + self.interval
@@ -176,18 +182,23 @@ class LeaseKeeper:
                             event = log.warning if is_transient(exc) else log.error
                             event("lease_renewal_failed", error=describe(exc),
                                   error_type=type_name(exc), failures=self.failures)
-                        client = self._reconnect(client)
+                        client = self._close(client)  # a fresh connection next time
                 self._stop.wait(max(min(_TICK, next_lease - time.monotonic()), 0.001))
         finally:
-            client.close()
+            self._close(client)
 
-    def _reconnect(self, client: Any) -> Any:
-        """A fresh connection after a failure (a frozen server leaves a dead socket)."""
-        try:
-            client.close()
-        except Exception:
-            pass
-        return self.bus.sync_client(socket_timeout=min(max(self.interval * 2, 1.0), 10.0))
+    @property
+    def _timeout(self) -> float:
+        return min(max(self.interval * 2, 1.0), 10.0)
+
+    @staticmethod
+    def _close(client: Any) -> None:
+        """Close a connection (a frozen server leaves a dead socket behind)."""
+        if client is not None:
+            try:
+                client.close()
+            except Exception:
+                pass
 
     def _renew(self, client: Any) -> None:
         with self._lock:

@@ -700,3 +700,29 @@ async def test_garbage_that_looks_like_a_replay_is_dead_lettered_not_skipped(
         await eventually(dead_lettered)
     (letter,) = await bus.dead_letters("JOB")
     assert (letter.error_type, letter.target) == ("DecodeError", "other")
+
+
+async def test_2_a_chunk_the_server_or_the_packer_refuses_never_blocks_the_others(
+    make_bus,
+) -> None:
+    """The other half of defect 2: a FINISH chunk that failed was requeued forever, and
+    every later ack of the topic queued behind it."""
+    from swarmbus.bus.acks import Acker, Op
+
+    bus = await make_bus()
+    good = [await bus.publish(sig(data={"n": n})) for n in range(3)]
+    stream = bus.keys.topic("JOB").stream
+    await bus.redis.xreadgroup("risk", "me", {stream: ">"}, count=10)
+    entries = [(await bus.status(i)).entry_id for i in good]
+    done: list[Op] = []
+    acker = Acker(bus, "risk", "me", done.extend)
+    acker.queue(Op("JOB", entries[0], "not,packable", "s", 1))  # a bug of ours
+    for entry_id, signal_id in zip(entries[1:], good[1:], strict=True):
+        acker.queue(Op("JOB", entry_id, signal_id, "s", 1))
+    with capture_logs() as logs:
+        await acker.flush()
+    assert len(acker) == 0 and len(done) == 3
+    assert [(await bus.status(i)).targets["risk"].state for i in good[1:]] == [
+        StatusState.processed] * 2
+    assert (await bus.groups("JOB"))[0].pending == 0  # the bad one was acked plainly
+    assert any(e["event"] == "ack_fallback" for e in logs)
